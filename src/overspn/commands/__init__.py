@@ -1,0 +1,1 @@
+"""Subcommands of the ``overspn`` command line, one module each."""
