@@ -29,6 +29,7 @@ from .structure import (
     topological_order,
     validate,
 )
+from .transforms import collapse, count_induced_trees, induced_trees, mixture, overparametrize, phi
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,12 @@ __all__ = [
     "StructureError",
     "Sum",
     "clamp_to_floor",
+    "collapse",
+    "count_induced_trees",
+    "induced_trees",
+    "mixture",
+    "overparametrize",
+    "phi",
     "compile",
     "describe",
     "load",
