@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-DATA_DEFAULT := $(abspath ../shared/datasets)
-export OVERSPN_DATA ?= $(if $(wildcard $(DATA_DEFAULT)),$(DATA_DEFAULT),)
+# Benchmark splits: $OVERSPN_DATA when set, else ../shared/datasets when it exists, else a download cache.
+DATA_DEFAULT := $(firstword $(abspath $(wildcard ../shared/datasets)))
+export OVERSPN_DATA ?= $(DATA_DEFAULT)
 
 .PHONY: install test lint reproduce bench clean
 
