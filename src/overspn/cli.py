@@ -2,23 +2,68 @@
 
 Each subcommand lives in its own module under :mod:`overspn.commands` and exposes ``register(subparsers)``, which
 adds its parser and sets ``handler`` to a function taking the parsed arguments and returning an exit status.
-Expected failures (any :class:`OverspnError`, a missing file) print one line and exit non-zero, without traceback.
+Expected failures print one line, ``overspn COMMAND: error: WHAT``, and exit non-zero without a traceback: a bad
+option (status 2, from argparse), any :class:`OverspnError` or file-system error (2), a divergence (3), an interrupt
+(130). The argument types below (``positive_float`` etc.) give option values the same one-line errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+from typing import NoReturn
 
 from .errors import DivergenceError, OverspnError
 
 COMMANDS = ("reproduce", "dynamics", "compare", "train")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line naming the command and a pointer to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _number(text: str, convert: type, description: str, accept: object) -> float:
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+    if not accept(value):  # type: ignore[operator]
+        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (e.g. a learning rate)."""
+    return _number(text, float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (e.g. iterations, a batch size)."""
+    return int(_number(text, int, "an integer >= 1", lambda v: v >= 1))
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (e.g. a seed)."""
+    return int(_number(text, int, "an integer >= 0", lambda v: v >= 0))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="overspn", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="overspn", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"overspn.commands.{name}")
@@ -36,14 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except DivergenceError as error:
-        print(f"overspn {args.command}: error: {error}", file=sys.stderr)
+        print(f"overspn {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
         return 3
     except (OverspnError, OSError) as error:
-        print(f"overspn {args.command}: error: {error}", file=sys.stderr)
+        print(f"overspn {args.command}: error: {_one_line(_describe(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"overspn {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _describe(error: BaseException) -> str:
+    """The error's message; for file-system errors the reason and the file, e.g. ``No such file: results/x``."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename is not None else ""
+        return f"{error.strerror}{where}"
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
-from .compiled import CompiledSPN, compile
+from .compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, compile
 from .errors import ModelFileError, OverspnError
-from .structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order
+from .structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order, validate
 
 __all__ = ["save", "load", "structure_to_dict", "structure_from_dict"]
 
@@ -56,35 +59,57 @@ def structure_to_dict(root: Node) -> dict[str, Any]:
 
 def structure_from_dict(description: dict[str, Any]) -> Node:
     """Rebuild a structure from :func:`structure_to_dict`'s output; raises ModelFileError when malformed."""
-    try:
-        entries = description["nodes"]
-        built: list[Node] = []
-        for number, entry in enumerate(entries):
-            kind, name = entry["type"], entry.get("name")
-            if kind in ("Sum", "Product"):
-                children = []
-                for child in entry["children"]:
-                    if not isinstance(child, int) or not 0 <= child < number:
-                        raise ModelFileError(f"node {number} refers to child {child!r}, which is not an earlier node")
-                    children.append(built[child])
-                node: Node = (Sum(children, entry["weights"], name=name) if kind == "Sum"
-                              else Product(children, name=name))
-            elif kind == "Indicator":
-                node = Indicator(entry["var"], entry["value"], name=name)
-            elif kind == "Bernoulli":
-                node = Bernoulli(entry["var"], entry["p"], name=name)
-            elif kind == "Categorical":
-                node = Categorical(entry["var"], entry["probs"], name=name)
-            elif kind == "Gaussian":
-                node = Gaussian(entry["var"], entry["mean"], entry["std"], name=name)
-            else:
-                raise ModelFileError(f"node {number} has unknown type {kind!r}")
-            built.append(node)
-    except (KeyError, TypeError, IndexError) as error:
-        raise ModelFileError(f"malformed structure description: {error!r}") from error
-    if not built:
+    if not isinstance(description, dict) or not isinstance(description.get("nodes"), list):
+        raise ModelFileError("malformed structure description: expected an object with a list of 'nodes'")
+    entries = description["nodes"]
+    if not entries:
         raise ModelFileError("the structure description has no nodes")
+    built: list[Node] = []
+    for number, entry in enumerate(entries):
+        try:
+            built.append(_node_from_entry(entry, number, built))
+        except ModelFileError:
+            raise
+        except OverspnError as error:
+            raise ModelFileError(f"node {number}: {error}") from error
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise ModelFileError(f"node {number} is malformed ({type(error).__name__}: {error})") from error
     return built[-1]
+
+
+def _node_from_entry(entry: Any, number: int, built: list[Node]) -> Node:
+    if not isinstance(entry, dict):
+        raise ModelFileError(f"node {number} is not an object: {entry!r}")
+    kind, name = entry.get("type"), entry.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ModelFileError(f"node {number} has a name that is not a string: {name!r}")
+    if kind in ("Sum", "Product"):
+        children = []
+        for child in entry["children"]:
+            if isinstance(child, bool) or not isinstance(child, int) or not 0 <= child < number:
+                raise ModelFileError(f"node {number} refers to child {child!r}, which is not an earlier node")
+            children.append(built[child])
+        if kind == "Sum":
+            return Sum(children, _numbers(entry["weights"], number, "weights"), name=name)
+        return Product(children, name=name)
+    if kind == "Indicator":
+        return Indicator(entry["var"], entry["value"], name=name)
+    if kind == "Bernoulli":
+        return Bernoulli(entry["var"], _numbers(entry["p"], number, "p"), name=name)
+    if kind == "Categorical":
+        return Categorical(entry["var"], _numbers(entry["probs"], number, "probs"), name=name)
+    if kind == "Gaussian":
+        return Gaussian(entry["var"], _numbers(entry["mean"], number, "mean"), _numbers(entry["std"], number, "std"),
+                        name=name)
+    raise ModelFileError(f"node {number} has unknown type {kind!r}")
+
+
+def _numbers(value: Any, number: int, field: str) -> Any:
+    """``value`` when it is a number or a flat list of numbers (JSON booleans are not numbers)."""
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
+        raise ModelFileError(f"node {number}: {field} must be numbers, got {value!r}")
+    return value
 
 
 def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
@@ -110,43 +135,93 @@ def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
 
 
 def load(path: str | os.PathLike[str]) -> CompiledSPN:
-    """Read a model written by :func:`save`. Never unpickles; raises ModelFileError for a bad file."""
+    """Read a model written by :func:`save`. Never unpickles; raises ModelFileError for a bad file.
+
+    Beyond the format and version, every field of the header is type-checked and the parameters must be finite
+    floats of the expected shapes that make a valid structure (e.g. no negative or NaN weight), so a damaged file
+    cannot load into a model that silently returns NaN.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read the model file ({error})") from error
+    if not magic.startswith(b"PK"):
+        raise ModelFileError(f"{path}: not an overspn model file (it is not a zip archive)" if magic
+                             else f"{path}: the model file is empty")
+    try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if "model.json" not in names:
-                raise ModelFileError(f"{path}: not an overspn model file (no model.json inside)")
-            header = json.loads(archive.read("model.json"))
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise ModelFileError(f"{path}: not an overspn model file (format {header.get('format')!r})"
-                                     if isinstance(header, dict) else f"{path}: not an overspn model file")
-            if header.get("version") != VERSION:
-                raise ModelFileError(
-                    f"{path}: model file version {header.get('version')!r} is not supported (expected {VERSION})")
-            if header.get("dtype") not in _DTYPES:
-                raise ModelFileError(f"{path}: unknown dtype {header.get('dtype')!r}")
-            root = structure_from_dict(header["structure"])
-            model = compile(root, header["weights"], floor=header["floor"], dtype=_DTYPES[header["dtype"]],
-                            num_vars=header["num_vars"], fast=header["fast"])
-            state = {}
-            for key, expected in model.state_dict().items():
-                entry = f"tensors/{key}.npy"
-                if entry not in names:
-                    raise ModelFileError(f"{path}: parameter {key!r} is missing")
-                array = np.load(io.BytesIO(archive.read(entry)), allow_pickle=False)
-                if tuple(array.shape) != tuple(expected.shape):
-                    raise ModelFileError(
-                        f"{path}: parameter {key!r} has shape {array.shape}, expected {tuple(expected.shape)}")
-                state[key] = torch.from_numpy(array).to(expected.dtype)
-            model.load_state_dict(state)
-            return model
+            return _load_archive(path, archive)
     except ModelFileError:
         raise
     except OverspnError as error:
-        raise ModelFileError(f"{path}: the stored structure is invalid: {error}") from error
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, OSError,
-            EOFError) as error:
-        raise ModelFileError(f"{path}: corrupted or truncated model file ({error})") from error
+        raise ModelFileError(f"{path}: the stored model is invalid: {error}") from error
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, json.JSONDecodeError, UnicodeDecodeError, KeyError,
+            TypeError, ValueError, AttributeError, IndexError, OSError, EOFError, NotImplementedError,
+            RuntimeError) as error:
+        # zipfile, zlib, json and numpy raise all of these for damaged input
+        raise ModelFileError(f"{path}: corrupted or truncated model file ({type(error).__name__}: {error})") from error
+
+
+def _load_archive(path: Path, archive: zipfile.ZipFile) -> CompiledSPN:
+    names = set(archive.namelist())
+    if "model.json" not in names:
+        raise ModelFileError(f"{path}: not an overspn model file (no model.json inside)")
+    header = json.loads(archive.read("model.json"))
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ModelFileError(f"{path}: not an overspn model file (format {found!r}, expected {FORMAT!r})")
+    version = header.get("version")
+    if version != VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
+        raise ModelFileError(f"{path}: model file version {version!r} is not supported (this overspn reads version "
+                             f"{VERSION}{'; the file was written by a newer overspn' if newer else ''})")
+    for field, accepted in _HEADER_FIELDS.items():
+        if field not in header:
+            raise ModelFileError(f"{path}: the header has no field {field!r}")
+        if not accepted(header[field]):
+            raise ModelFileError(f"{path}: header field {field!r} has an invalid value {header[field]!r}")
+    try:
+        root = structure_from_dict(header["structure"])
+    except ModelFileError as error:
+        raise ModelFileError(f"{path}: {error}") from error
+    model = compile(root, header["weights"], floor=header["floor"], dtype=_DTYPES[header["dtype"]],
+                    num_vars=header["num_vars"], fast=header["fast"])
+    state = {}
+    for key, expected in model.state_dict().items():
+        entry = f"tensors/{key}.npy"
+        if entry not in names:
+            raise ModelFileError(f"{path}: parameter {key!r} is missing")
+        array = np.load(io.BytesIO(archive.read(entry)), allow_pickle=False)
+        if array.dtype.kind != "f":
+            raise ModelFileError(f"{path}: parameter {key!r} has dtype {array.dtype}, expected floating point")
+        if tuple(array.shape) != tuple(expected.shape):
+            raise ModelFileError(
+                f"{path}: parameter {key!r} has shape {array.shape}, expected {tuple(expected.shape)}")
+        if np.any(np.isnan(array)) or np.any(array == np.inf):
+            raise ModelFileError(f"{path}: parameter {key!r} holds NaN or +inf values")
+        state[key] = torch.from_numpy(array).to(expected.dtype)
+    model.load_state_dict(state)
+    try:
+        validate(model.to_structure())
+    except OverspnError as error:
+        raise ModelFileError(f"{path}: the stored parameters do not make a valid model: {error}") from error
+    return model
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_HEADER_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "weights": lambda value: value in WEIGHT_PARAMETRISATIONS,
+    "floor": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    and value >= 0,
+    "dtype": lambda value: value in _DTYPES,
+    "num_vars": lambda value: _is_int(value) and value >= 1,
+    "fast": lambda value: isinstance(value, bool),
+    "structure": lambda value: isinstance(value, dict),
+}

@@ -27,6 +27,7 @@ __all__ = [
     "scopes",
     "validate",
     "describe",
+    "path_to",
     "num_parameters",
 ]
 
@@ -97,7 +98,7 @@ class Bernoulli(Leaf):
 
     def __init__(self, var: int, p: float = 0.5, name: str | None = None) -> None:
         super().__init__(var, name)
-        self.p = float(p)
+        self.p = _number(p, "p", self)
 
     def check(self) -> str | None:
         if not 0.0 < self.p < 1.0:
@@ -112,7 +113,7 @@ class Categorical(Leaf):
 
     def __init__(self, var: int, probs: Sequence[float], name: str | None = None) -> None:
         super().__init__(var, name)
-        self.probs = _frozen_vector(probs)
+        self.probs = _frozen_vector(probs, "probs", self)
 
     @property
     def cardinality(self) -> int:
@@ -136,8 +137,8 @@ class Gaussian(Leaf):
 
     def __init__(self, var: int, mean: float = 0.0, std: float = 1.0, name: str | None = None) -> None:
         super().__init__(var, name)
-        self.mean = float(mean)
-        self.std = float(std)
+        self.mean = _number(mean, "mean", self)
+        self.std = _number(std, "std", self)
 
     def check(self) -> str | None:
         if not math.isfinite(self.mean):
@@ -168,7 +169,7 @@ class Sum(Node):
     def __init__(self, children: Iterable[Node], weights: Sequence[float] | None = None, name: str | None = None):
         super().__init__(name)
         self.children = _node_tuple(children, self)
-        self.weights = _frozen_vector(np.ones(len(self.children)) if weights is None else weights)
+        self.weights = _frozen_vector(np.ones(len(self.children)) if weights is None else weights, "weights", self)
 
 
 def _node_tuple(children: Iterable[Node], owner: Node) -> tuple[Node, ...]:
@@ -179,11 +180,24 @@ def _node_tuple(children: Iterable[Node], owner: Node) -> tuple[Node, ...]:
     return result
 
 
-def _frozen_vector(values: Sequence[float] | np.ndarray) -> np.ndarray:
+def _number(value: float, what: str, owner: Node) -> float:
+    if isinstance(value, (str, bytes)):
+        raise StructureError(f"{describe(owner)}: {what} must be a number, got {value!r}")
     try:
-        vector = np.array(values, dtype=np.float64).reshape(-1)
+        return float(value)
     except (TypeError, ValueError) as error:
-        raise StructureError(f"parameters must be numbers, got {values!r}") from error
+        raise StructureError(f"{describe(owner)}: {what} must be a number, got {value!r}") from error
+
+
+def _frozen_vector(values: Sequence[float] | np.ndarray, what: str, owner: Node) -> np.ndarray:
+    if isinstance(values, (str, bytes)):
+        raise StructureError(f"{describe(owner)}: {what} must be a sequence of numbers, got {values!r}")
+    try:
+        vector = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise StructureError(f"{describe(owner)}: {what} must be a sequence of numbers, got {values!r}") from error
+    if vector.ndim != 1:
+        raise StructureError(f"{describe(owner)}: {what} must be one-dimensional, got shape {vector.shape}")
     vector.setflags(write=False)
     return vector
 
@@ -203,7 +217,7 @@ def describe(node: Node) -> str:
 def topological_order(root: Node) -> list[Node]:
     """All nodes reachable from ``root``, each exactly once, children before parents (root last).
 
-    Raises StructureError naming a node on the cycle when the graph is not acyclic.
+    Raises StructureError naming a node on the cycle, and the path to it, when the graph is not acyclic.
     """
     if not isinstance(root, Node):
         raise StructureError(f"the root must be a node, got {type(root).__name__}")
@@ -217,9 +231,13 @@ def topological_order(root: Node) -> list[Node]:
         if next_child < len(children):
             stack[-1] = (node, next_child + 1)
             child = children[next_child]
+            if not isinstance(child, Node):
+                raise StructureError(f"{describe(node)} at {_stack_path(stack)} has a child that is not a node: "
+                                     f"{type(child).__name__}")
             mark = state.get(id(child))
             if mark == 1:
-                raise StructureError(f"{describe(child)} is part of a cycle: the structure must be acyclic")
+                raise StructureError(f"{describe(child)} is part of a cycle (reached again at {_stack_path(stack)}): "
+                                     "the structure must be acyclic")
             if mark is None:
                 state[id(child)] = 1
                 stack.append((child, 0))
@@ -228,6 +246,34 @@ def topological_order(root: Node) -> list[Node]:
             state[id(node)] = 2
             order.append(node)
     return order
+
+
+def _stack_path(stack: list[tuple[Node, int]]) -> str:
+    """The path of the child just taken from the top of a depth-first stack, e.g. ``root.children[1].children[0]``."""
+    return "root" + "".join(f".children[{next_child - 1}]" for _, next_child in stack)
+
+
+def path_to(root: Node, target: Node) -> str:
+    """The shortest path from ``root`` to ``target`` as ``root.children[i].children[j]...`` (for error messages)."""
+    parents: dict[int, tuple[Node, int] | None] = {id(root): None}
+    frontier = [root]
+    while frontier and id(target) not in parents:
+        following = []
+        for node in frontier:
+            for index, child in enumerate(node.children):
+                if id(child) not in parents:
+                    parents[id(child)] = (node, index)
+                    following.append(child)
+        frontier = following
+    if id(target) not in parents:
+        return "a node not reachable from the root"
+    steps = []
+    link = parents[id(target)]
+    while link is not None:
+        parent, index = link
+        steps.append(f".children[{index}]")
+        link = parents[id(parent)]
+    return "root" + "".join(reversed(steps))
 
 
 def scopes(root: Node, order: list[Node] | None = None) -> dict[Node, frozenset[int]]:
@@ -244,56 +290,59 @@ def scopes(root: Node, order: list[Node] | None = None) -> dict[Node, frozenset[
 def validate(root: Node) -> list[Node]:
     """Check that ``root`` is a valid SPN and return its nodes in topological order.
 
-    Rules: acyclic; every inner node has children; sum weights finite, non-negative and as many as children; sums
-    complete (children share one scope); products decomposable (children have disjoint scopes); leaf parameters in
-    range; a variable is either discrete or continuous. The error names the offending node and the rule it breaks.
+    Rules: acyclic; every inner node has children; sum weights finite, non-negative, not all zero and as many as
+    children; sums complete (children share one scope); products decomposable (children have disjoint scopes); leaf
+    parameters in range; a variable is either discrete or continuous. The error names the offending node, its path
+    from the root and the rule it breaks.
     """
     order = topological_order(root)
     scope = scopes(root, order)
     kinds: dict[int, tuple[bool, Node]] = {}
+
+    def fail(node: Node, problem: str) -> StructureError:
+        return StructureError(f"{describe(node)} at {path_to(root, node)}: {problem}")
+
     for node in order:
         if isinstance(node, Leaf):
             problem = node.check()
             if problem is not None:
-                raise StructureError(f"{describe(node)}: {problem}")
+                raise fail(node, problem)
             previous = kinds.setdefault(node.var, (node.is_discrete, node))
             if previous[0] != node.is_discrete:
-                raise StructureError(
-                    f"variable x{node.var} has both discrete and continuous leaves ({describe(previous[1])} and "
-                    f"{describe(node)})"
-                )
+                raise fail(node, f"variable x{node.var} has both discrete and continuous leaves (also "
+                                 f"{describe(previous[1])} at {path_to(root, previous[1])})")
             continue
         if not isinstance(node, (Sum, Product)):
-            raise StructureError(f"unknown node type {type(node).__name__}")
+            raise fail(node, f"unknown node type {type(node).__name__}")
         if not node.children:
-            raise StructureError(f"{describe(node)} has no children: every sum and product needs at least one")
+            raise fail(node, "no children: every sum and product needs at least one")
         if isinstance(node, Sum):
             weights = node.weights
             if len(weights) != len(node.children):
-                raise StructureError(
-                    f"{describe(node)} has {len(weights)} weights for {len(node.children)} children: expected one "
-                    "weight per child"
-                )
+                raise fail(node, f"{len(weights)} weights for {len(node.children)} children: expected one weight "
+                                 "per child")
             if not np.all(np.isfinite(weights)):
-                raise StructureError(f"{describe(node)} has a non-finite weight: {weights.tolist()}")
+                index = int(np.argmin(np.isfinite(weights)))
+                raise fail(node, f"non-finite weight {float(weights[index])!r} for child {index}: weights must be "
+                                 "finite")
             if np.any(weights < 0):
-                raise StructureError(f"{describe(node)} has a negative weight: {weights.tolist()}")
+                index = int(np.argmax(weights < 0))
+                raise fail(node, f"negative weight {float(weights[index])!r} for child {index}: weights must be >= 0")
+            if not np.any(weights > 0):
+                raise fail(node, "all weights are zero: the node would be identically zero and the network "
+                                 "unnormalisable")
             first = scope[node.children[0]]
-            for child in node.children[1:]:
+            for index, child in enumerate(node.children[1:], start=1):
                 if scope[child] != first:
-                    raise StructureError(
-                        f"{describe(node)} is not complete: its children have different scopes "
-                        f"{sorted(first)} and {sorted(scope[child])}"
-                    )
+                    raise fail(node, f"not complete: child 0 has scope {sorted(first)} but child {index} has scope "
+                                     f"{sorted(scope[child])}")
         else:
             seen: set[int] = set()
-            for child in node.children:
+            for index, child in enumerate(node.children):
                 overlap = seen & scope[child]
                 if overlap:
-                    raise StructureError(
-                        f"{describe(node)} is not decomposable: variables {sorted(overlap)} appear in more than one "
-                        "child"
-                    )
+                    raise fail(node, f"not decomposable: variables {sorted(overlap)} of child {index} also appear "
+                                     "in an earlier child")
                 seen |= scope[child]
     return order
 
