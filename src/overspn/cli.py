@@ -23,6 +23,8 @@ COMMANDS = ("reproduce", "dynamics", "compare", "train")
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line naming the command and a pointer to ``--help``."""
 
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
@@ -61,7 +63,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="overspn", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in COMMANDS:
@@ -72,12 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    parser.commands = dict(subparsers.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand's parser, so that the message names the subcommand
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.handler(args) or 0)
     except DivergenceError as error:
