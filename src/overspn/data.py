@@ -112,7 +112,7 @@ def _cache_folder() -> Path:
     return Path(base) / "overspn" / "datasets"
 
 
-def _split_path(name: str, split: str, data_dir: str | os.PathLike[str] | None) -> Path:
+def _split_path(name: str, split: str, data_dir: str | os.PathLike[str] | None, shape: tuple[int, int]) -> Path:
     folder = data_folder(data_dir)
     if folder is not None:
         path = folder / name / f"{name}.{split}.data"
@@ -131,10 +131,17 @@ def _split_path(name: str, split: str, data_dir: str | os.PathLike[str] | None) 
                 "or pass data_dir"
             ) from error
         # Check before caching, so that an error page or a cut-off download is not kept as the data set.
-        _parse_lines(content.decode("utf-8", errors="replace").splitlines(), url, binary=True, allow_missing=False,
-                     discrete=True)
+        array = _parse_lines(content.decode("utf-8", errors="replace").splitlines(), url, binary=True,
+                             allow_missing=False, discrete=True)
+        _check_shape(array, shape, f"{url} (not cached)", name, split)
         atomic_write_bytes(path, content)
     return path
+
+
+def _check_shape(array: np.ndarray, shape: tuple[int, int], source: str, name: str, split: str) -> None:
+    if array.shape != shape:
+        raise DataError(f"{source}: the {split} split of {name} has {array.shape[0]} rows and {array.shape[1]} "
+                        f"columns, expected {shape[0]} rows and {shape[1]} columns")
 
 
 def load_binary(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
@@ -144,11 +151,9 @@ def load_binary(name: str, data_dir: str | os.PathLike[str] | None = None) -> Da
     num_vars, *sizes = BINARY_DATASETS[name]
     splits = []
     for split, size in zip(("train", "valid", "test"), sizes):
-        path = _split_path(name, split, data_dir)
+        path = _split_path(name, split, data_dir, (size, num_vars))
         array = load_csv(path, binary=True)
-        if array.shape != (size, num_vars):
-            raise DataError(f"{path}: the {split} split of {name} has {array.shape[0]} rows and {array.shape[1]} "
-                            f"columns, expected {size} rows and {num_vars} columns")
+        _check_shape(array, (size, num_vars), str(path), name, split)
         splits.append(array)
     return Dataset(name, *splits)
 

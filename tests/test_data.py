@@ -1,0 +1,292 @@
+"""Data loading (CSV files, user data sets, the benchmark download and cache) and atomic file writes."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import overspn as osp
+from overspn import atomic, data
+from overspn.errors import DataError, ModelFileError
+
+# ----------------------------------------------------------------------------------------------------------------
+# CSV files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_load_csv_reads_values_and_skips_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("0, 1.5 ,2\n\n3,4,-5e-1\n   \n")
+    np.testing.assert_array_equal(data.load_csv(path), [[0, 1.5, 2], [3, 4, -0.5]])
+
+
+def test_load_csv_single_column_and_single_row_are_2d(tmp_path: Path) -> None:
+    (tmp_path / "col.csv").write_text("1\n0\n1\n")
+    (tmp_path / "row.csv").write_text("1,0,1\n")
+    assert data.load_csv(tmp_path / "col.csv", binary=True).shape == (3, 1)
+    assert data.load_csv(tmp_path / "row.csv", binary=True).shape == (1, 3)
+
+
+def test_missing_tokens_become_nan_only_when_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("1,,0\n?,1,nan\nNA,0,1\n")
+    array = data.load_csv(path, binary=True, allow_missing=True)
+    expected_missing = np.array([[0, 1, 0], [1, 0, 1], [1, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(np.isnan(array), expected_missing)
+    np.testing.assert_array_equal(array[~expected_missing], [1, 0, 1, 0, 1])
+    with pytest.raises(DataError, match=r"m.csv, line 1, column 1: missing value \(an empty field\)"):
+        data.load_csv(path, binary=True)
+
+
+def test_the_first_bad_value_is_reported_even_when_later_lines_are_bad_too(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("0,1\n" * 5 + "0,7\n" + "0,x\n")
+    with pytest.raises(DataError, match=r"line 6, column 1: value '7' is not binary"):
+        data.load_csv(path, binary=True)
+
+
+def test_load_user_data_builds_a_checked_dataset(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("0,2\n1,0\n1,1\n")
+    (tmp_path / "valid.csv").write_text("0,1\n")
+    dataset = data.load_user_data(tmp_path / "train.csv", tmp_path / "valid.csv", kind="discrete")
+    assert dataset.name == "train" and dataset.num_vars == 2 and dataset.test is None
+    np.testing.assert_array_equal(dataset.valid, [[0, 1]])
+    continuous = data.load_user_data(tmp_path / "train.csv", kind="continuous", name="mine")
+    assert continuous.name == "mine"
+
+
+def test_load_user_data_allows_missing_values_in_every_split(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("0,1\n1,?\n")
+    (tmp_path / "test.csv").write_text("?,?\n1,0\n")
+    dataset = data.load_user_data(tmp_path / "train.csv", test=tmp_path / "test.csv", allow_missing=True)
+    assert np.isnan(dataset.train[1, 1]) and np.isnan(dataset.test[0]).all()
+
+
+def test_check_continuous_ignores_missing_values_but_needs_one_observed(tmp_path: Path) -> None:
+    data.check_continuous(np.array([[0.0, np.nan], [1.0, 2.0], [np.nan, 3.0]]), "a")
+    with pytest.raises(DataError, match="column 1 is constant"):
+        data.check_continuous(np.array([[0.0, np.nan], [1.0, 2.0], [np.nan, 2.0]]), "a")
+    with pytest.raises(DataError, match="column 0 has no observed value"):
+        data.check_continuous(np.array([[np.nan, 1.0], [np.nan, 2.0]]), "a")
+
+
+def test_dataset_rejects_empty_and_non_2d_splits() -> None:
+    with pytest.raises(DataError, match="test split has no rows"):
+        data.Dataset("d", np.zeros((2, 2)), None, np.zeros((0, 2)))
+    with pytest.raises(DataError, match="train split must be a 2-D array, got shape"):
+        data.Dataset("d", np.zeros(3), None, None)
+    with pytest.raises(DataError, match="valid split must be a 2-D array, got list"):
+        data.Dataset("d", np.zeros((1, 3)), [[0, 1, 2]], None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark download, served from this machine
+# ----------------------------------------------------------------------------------------------------------------
+
+NLTCS_VARS, NLTCS_SIZES = data.BINARY_DATASETS["nltcs"][0], data.BINARY_DATASETS["nltcs"][1:]
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """An HTTP server on 127.0.0.1 serving ``tmp_path / "served"``; yields its URL, that folder and the paths asked."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serve_nltcs(served: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    (served / "nltcs").mkdir()
+    splits = {}
+    for split, size in zip(("train", "valid", "test"), NLTCS_SIZES):
+        splits[split] = rng.integers(0, 2, (size, NLTCS_VARS)).astype(np.float64)
+        np.savetxt(served / "nltcs" / f"nltcs.{split}.data", splits[split], fmt="%d", delimiter=",")
+    return splits
+
+
+def test_download_fills_the_cache_once(local_server: tuple[str, Path, list[str]], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    url, served, requests = local_server
+    splits = _serve_nltcs(served, np.random.default_rng(0))
+    monkeypatch.delenv("OVERSPN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_DOWNLOAD_URL", url)
+    first = data.load_dataset("nltcs")
+    for split in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(first, split), splits[split])
+    assert len(requests) == 3
+    second = data.load_dataset("nltcs")  # from the cache
+    assert len(requests) == 3
+    np.testing.assert_array_equal(second.test, splits["test"])
+
+
+def test_a_bad_download_is_not_cached(local_server: tuple[str, Path, list[str]], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    url, served, _ = local_server
+    (served / "nltcs").mkdir()
+    train_file = served / "nltcs" / "nltcs.train.data"
+    monkeypatch.delenv("OVERSPN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_DOWNLOAD_URL", url)
+    train_file.write_text("<html>rate limited</html>\n")
+    with pytest.raises(DataError, match=r"nltcs.train.data, line 1, column 0: '<html>rate limited</html>' is not"):
+        data.load_dataset("nltcs")
+    train_file.write_text("0," * (NLTCS_VARS - 1) + "1\n")  # cut off after one row
+    with pytest.raises(DataError, match=r"nltcs.train.data \(not cached\): .* 1 rows .* expected 16181 rows"):
+        data.load_dataset("nltcs")
+    assert not any(path.is_file() for path in (tmp_path / "cache").rglob("*"))
+    np.savetxt(train_file, np.ones((NLTCS_SIZES[0], NLTCS_VARS)), fmt="%d", delimiter=",")
+    with pytest.raises(DataError, match=r"cannot download .*nltcs.valid.data .*404"):
+        data.load_dataset("nltcs")  # the train split downloads; the valid split is not served
+    assert [path.name for path in (tmp_path / "cache").rglob("*.data")] == ["nltcs.train.data"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace", "write"])
+def test_failed_write_keeps_the_old_file_and_no_temporary(failing: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "results.json"
+    atomic.atomic_write_json(target, {"run": 1})
+    old = target.read_bytes()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    if failing == "write":
+        with pytest.raises(OSError, match="No space left"), atomic.atomic_output(target) as temporary:
+            temporary.write_text('{"run": ')  # a part written, then the writer fails
+            fail()
+    else:
+        monkeypatch.setattr(atomic.os, failing, fail)
+        with pytest.raises(OSError, match="No space left"):
+            atomic.atomic_write_json(target, {"run": 2})
+    assert target.read_bytes() == old
+    assert _leftovers(tmp_path, {"results.json"}) == []
+
+
+def test_interrupt_during_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.ospn"
+    osp.save(osp.compile(osp.mixture(3, 2)), target)
+    old = target.read_bytes()
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_output(target) as temporary:
+        temporary.write_bytes(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == old
+    osp.load(target)
+    assert _leftovers(tmp_path, {"model.ospn"}) == []
+
+
+def test_save_failing_midway_leaves_the_previous_model_loadable(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.ospn"
+    first = osp.compile(osp.mixture(3, 2, seed=0, perturbation=0.5))
+    osp.save(first, target)
+
+    def fail(*args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(OSError):
+        osp.save(osp.compile(osp.mixture(3, 4)), target)
+    monkeypatch.undo()
+    x = np.array([[0, 1, 1], [1, 0, np.nan]])
+    np.testing.assert_allclose(osp.load(target).log_likelihood(x).detach(), first.log_likelihood(x).detach())
+    assert _leftovers(tmp_path, {"model.ospn"}) == []
+
+
+def test_atomic_write_keeps_permissions_of_the_replaced_file(tmp_path: Path) -> None:
+    target = tmp_path / "shared.txt"
+    atomic.atomic_write_text(target, "one")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # like open(path, "w"), not private
+    target.chmod(0o640)
+    atomic.atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_atomic_output_keeps_the_suffix_for_writers_that_read_it(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(1, 1))
+    axes.plot([0, 1], [1, 0])
+    with atomic.atomic_output(tmp_path / "curve.png") as temporary:
+        assert temporary.suffix == ".png" and temporary.parent == tmp_path
+        figure.savefig(temporary)
+    plt.close(figure)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _leftovers(tmp_path, {"curve.png"}) == []
+
+
+def test_writing_onto_a_folder_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError):
+        atomic.atomic_write_text(tmp_path / "out", "x")
+    assert (tmp_path / "out").is_dir()
+    assert _leftovers(tmp_path, {"out"}) == []
+
+
+def test_loading_never_unpickles(tmp_path: Path) -> None:
+    """A model file whose parameter is a pickled object array is rejected, and the pickle is never run."""
+    import io
+    import zipfile
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    source = tmp_path / "model.ospn"
+    osp.save(osp.compile(osp.mixture(2, 2)), source)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(buffer, "w") as copy:
+        for entry in original.namelist():
+            content = original.read(entry)
+            if entry.endswith(".npy"):
+                array = io.BytesIO()
+                np.save(array, np.array([Payload()], dtype=object), allow_pickle=True)
+                content = array.getvalue()
+            copy.writestr(entry, content)
+    (tmp_path / "evil.ospn").write_bytes(buffer.getvalue())
+    with pytest.raises(ModelFileError, match="evil.ospn"):
+        osp.load(tmp_path / "evil.ospn")
+    assert not marker.exists()
