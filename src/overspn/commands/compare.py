@@ -1,0 +1,333 @@
+"""``overspn compare``: implicit acceleration by depth against explicit momentum, Adam and depth as an optimiser.
+
+Every method trains the paper's mixture of 8 products of indicator sums by full-batch gradient ascent on the mean
+log-likelihood, from the same start, for a fixed number of iterations:
+
+* ``gd``: the shallow SPN with plain gradient ascent; ``momentum``: heavy ball (SGD momentum 0.9); ``adam``: Adam;
+* ``depth2``, ``depth3``, ``depth4``: the shallow SPN, its root weights trained by :class:`Overparametrized` as
+  products of L independent factors (leaf weights by plain gradient ascent);
+* ``depth3-shared``: the same with factors shared along the branching (2, 2, 2), which is the deep SPN ``deep3``
+  collapsed (raw weights only);
+* ``deep2``, ``deep3``: the overparametrized SPNs themselves (branching (2, 4) and (2, 2, 2)).
+
+Protocols: ``paper`` (raw weights, lr 0.01, floor 1e-4, every weight or factor starting at 1e-4, perturbation 1e-12,
+500 iterations, NLTCS) and ``log`` (log-weights, lr 0.1, 1000 iterations, NLTCS, plants, baudio; under log-weights
+the depth optimiser factors the log-weight parameters themselves). For each protocol and data set the target
+log-likelihood is the mean final train log-likelihood of plain gradient ascent (or ``--target``); every run reports
+the iterations and training seconds it took to reach it. Each finished run is stored under ``OUT/runs`` so that an
+interrupted comparison resumes where it stopped; the summary is written to ``comparison.csv``, ``comparison.json``
+and ``comparison.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..compiled import CompiledSPN
+from ..compiled import compile as compile_spn
+from ..data import load_dataset
+from ..errors import ConfigurationError
+from ..optim import Overparametrized, root_weight_parameter
+from ..transforms import mixture, overparametrize
+
+COMPONENTS = 8
+
+
+@dataclass(frozen=True)
+class Protocol:
+    weights: str
+    lr: float
+    floor: float
+    init: float
+    perturbation: float
+    iterations: int
+    datasets: tuple[str, ...]
+
+
+PROTOCOLS = {
+    "paper": Protocol("raw", 0.01, 1e-4, 1e-4, 1e-12, 500, ("nltcs",)),
+    "log": Protocol("log", 0.1, 1e-4, 1e-4, 1e-12, 1000, ("nltcs", "plants", "baudio")),
+}
+
+METHODS = ("gd", "momentum", "adam", "depth2", "depth3", "depth4", "depth3-shared", "deep2", "deep3")
+METHOD_LABELS = {
+    "gd": "gradient ascent",
+    "momentum": "heavy ball (momentum 0.9)",
+    "adam": "Adam",
+    "depth2": "depth optimiser L=2",
+    "depth3": "depth optimiser L=3",
+    "depth4": "depth optimiser L=4",
+    "depth3-shared": "depth optimiser L=3, shared (2,2,2)",
+    "deep2": "deep SPN L=2 (2,4)",
+    "deep3": "deep SPN L=3 (2,2,2)",
+}
+DEEP_BRANCHING = {"deep2": (2, 4), "deep3": (2, 2, 2)}
+
+
+def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[CompiledSPN, torch.optim.Optimizer]:
+    """The model and optimiser of one method, started as the protocol says."""
+    raw = protocol.weights == "raw"
+    lr, init, floor = protocol.lr, protocol.init, protocol.floor
+
+    def shallow(root_weight: float, model_floor: float) -> CompiledSPN:
+        root = mixture(num_vars, COMPONENTS, "indicator", seed, root_weight=root_weight,
+                       perturbation=protocol.perturbation)
+        return compile_spn(root, protocol.weights, floor=model_floor, dtype=torch.float64)
+
+    if method in ("gd", "momentum", "adam"):
+        model = shallow(init, floor)
+        if method == "adam":
+            return model, torch.optim.Adam(model.parameters(), lr=lr, maximize=True)
+        momentum = 0.9 if method == "momentum" else 0.0
+        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, maximize=True)
+    if method in DEEP_BRANCHING:
+        root = mixture(num_vars, COMPONENTS, "indicator", seed, root_weight=init, perturbation=protocol.perturbation)
+        deep = overparametrize(root, DEEP_BRANCHING[method], init=init)
+        model = compile_spn(deep, protocol.weights, floor=floor, dtype=torch.float64)
+        return model, torch.optim.SGD(model.parameters(), lr=lr, maximize=True)
+    if method.startswith("depth"):
+        shared = method.endswith("-shared")
+        depth = int(method[len("depth")]) if not shared else 3
+        if shared and not raw:
+            raise ConfigurationError(f"{method} is defined for raw weights only (it equals deep3 there)")
+        if raw:
+            # every factor starts at init, so the product starts at init ** depth; the model's floor must let it
+            model = shallow(init**depth, floor**depth)
+            root_parameter = root_weight_parameter(model)
+            others = [p for p in model.parameters() if p is not root_parameter]
+            for parameter in others:
+                parameter.overspn_floor = floor  # type: ignore[attr-defined]
+            root_group: dict[str, Any] = {"params": [root_parameter], "depth": depth, "init": init,
+                                          "factor_floor": floor}
+        else:
+            model = shallow(init, floor)
+            root_parameter = root_weight_parameter(model)
+            others = [p for p in model.parameters() if p is not root_parameter]
+            root_group = {"params": [root_parameter], "depth": depth, "init": "balanced"}
+        if shared:
+            root_group["branching"] = DEEP_BRANCHING["deep3"]
+        optimiser = Overparametrized([root_group, {"params": others, "depth": 1}], lr=lr, maximize=True)
+        return model, optimiser
+    raise ConfigurationError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def run_one(method: str, protocol: Protocol, dataset: Any, seed: int, iterations: int) -> dict[str, Any]:
+    """Train one method; the train log-likelihood before every step and after the last, cumulative step seconds."""
+    model, optimiser = build(method, protocol, dataset.num_vars, seed)
+    train, test = model.encode(dataset.train), model.encode(dataset.test)
+    history: list[float] = []
+    seconds: list[float] = [0.0]
+    diverged = False
+    elapsed = 0.0
+    for _ in range(iterations):
+        started = time.perf_counter()
+        objective = model.log_likelihood(train).mean()
+        value = objective.item()
+        if not math.isfinite(value):
+            diverged = True
+            break
+        optimiser.zero_grad()
+        objective.backward()
+        optimiser.step()
+        elapsed += time.perf_counter() - started
+        history.append(value)
+        seconds.append(elapsed)
+    with torch.no_grad():
+        final_train = model.log_likelihood(train).mean().item()
+        final_test = model.log_likelihood(test).mean().item()
+    if not diverged:
+        history.append(final_train)
+    diverged = diverged or not math.isfinite(final_train)
+    return {"method": method, "seed": seed, "iterations": iterations, "history": history, "seconds": seconds,
+            "final_train": final_train if not diverged else math.nan,
+            "final_test": final_test if not diverged else math.nan, "diverged": diverged}
+
+
+def reach(run: dict[str, Any], target: float) -> tuple[float, float]:
+    """Iterations (steps taken) and training seconds until the train log-likelihood first reaches ``target``."""
+    for steps, value in enumerate(run["history"]):
+        if value >= target:
+            return float(steps), run["seconds"][steps]
+    return math.nan, math.nan
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def summarise(runs: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
+    rows = []
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        reached = [reach(r, target) for r in mine]
+        step_ms = [1000 * r["seconds"][-1] / max(1, len(r["seconds"]) - 1) for r in mine]
+        its, its_sd = _spread([steps for steps, _ in reached])
+        secs, secs_sd = _spread([s for _, s in reached])
+        train, train_sd = _spread([r["final_train"] for r in mine])
+        test, test_sd = _spread([r["final_test"] for r in mine])
+        rows.append({
+            "method": method, "label": METHOD_LABELS[method], "runs": len(mine),
+            "reached": sum(math.isfinite(steps) for steps, _ in reached),
+            "diverged": sum(bool(r["diverged"]) for r in mine),
+            "iterations_to_target": its, "iterations_to_target_sd": its_sd,
+            "seconds_to_target": secs, "seconds_to_target_sd": secs_sd,
+            "final_train": train, "final_train_sd": train_sd, "final_test": test, "final_test_sd": test_sd,
+            "ms_per_iteration_median": statistics.median(step_ms),
+        })
+    return rows
+
+
+def _fmt(mean: float, sd: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def markdown(sections: list[dict[str, Any]]) -> str:
+    lines = []
+    for section in sections:
+        lines.append(f"### {section['protocol']} protocol, {section['dataset']} ({section['seeds']} seeds, "
+                     f"{section['iterations']} iterations; target train LL {section['target']:.4f})")
+        lines.append("")
+        lines.append("| method | reached | iterations to target | seconds to target | final train LL | "
+                     "final test LL | ms / iteration |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for row in section["rows"]:
+            lines.append(
+                f"| {row['label']} | {row['reached']}/{row['runs']} | "
+                f"{_fmt(row['iterations_to_target'], row['iterations_to_target_sd'], 1)} | "
+                f"{_fmt(row['seconds_to_target'], row['seconds_to_target_sd'], 2)} | "
+                f"{_fmt(row['final_train'], row['final_train_sd'], 4)} | "
+                f"{_fmt(row['final_test'], row['final_test_sd'], 4)} | {row['ms_per_iteration_median']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_curves(path: Path, runs: list[dict[str, Any]], title: str, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        histories = [r["history"] for r in runs if r["method"] == method and not r["diverged"]]
+        if not histories:
+            continue
+        length = min(len(h) for h in histories)
+        mean = np.mean([h[:length] for h in histories], axis=0)
+        axis.plot(np.arange(length), mean, label=METHOD_LABELS[method])
+    axis.axhline(target, color="grey", linestyle=":", label="target")
+    finite = [v for r in runs for v in r["history"] if math.isfinite(v)]
+    if finite:
+        top = max(finite)
+        axis.set_ylim(max(min(finite), top - 3 * max(1e-3, top - target) - 1.0), top + 0.05 * abs(top - target) + 0.05)
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("mean train log-likelihood")
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigurationError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if args.seeds < 1:
+        raise ConfigurationError(f"--seeds must be >= 1, got {args.seeds}")
+    out = Path(args.out)
+    sections, rows_csv = [], []
+    for name in protocols:
+        protocol = PROTOCOLS[name]
+        iterations = args.iterations if args.iterations is not None else protocol.iterations
+        if iterations < 1:
+            raise ConfigurationError(f"--iterations must be >= 1, got {iterations}")
+        datasets = tuple(args.datasets.split(",")) if args.datasets else protocol.datasets
+        for dataset_name in datasets:
+            dataset = load_dataset(dataset_name)
+            runs = []
+            for method in methods:
+                if method == "depth3-shared" and protocol.weights != "raw":
+                    continue
+                for seed in range(args.seeds):
+                    path = out / "runs" / f"{name}-{dataset_name}-{method}-seed{seed}.json"
+                    config = {"protocol": asdict(protocol), "iterations": iterations}
+                    if path.is_file():
+                        stored = json.loads(path.read_text())
+                        if stored.get("config") == json.loads(json.dumps(config)):
+                            runs.append(stored)
+                            continue
+                    result = run_one(method, protocol, dataset, seed, iterations)
+                    result["config"] = config
+                    atomic_write_json(path, result)
+                    runs.append(result)
+                    print(f"{name} {dataset_name} {method} seed {seed}: final train {result['final_train']:.4f} "
+                          f"test {result['final_test']:.4f} ({result['seconds'][-1]:.1f} s)", flush=True)
+            baseline = [r["final_train"] for r in runs if r["method"] == "gd" and math.isfinite(r["final_train"])]
+            if args.target is not None:
+                target = args.target
+            elif baseline:
+                target = statistics.fmean(baseline)
+            else:
+                raise ConfigurationError("no finished gradient-ascent run to set the target; pass --target")
+            rows = summarise(runs, target)
+            sections.append({"protocol": name, "dataset": dataset_name, "target": target, "seeds": args.seeds,
+                             "iterations": iterations, "rows": rows})
+            rows_csv.extend({"protocol": name, "dataset": dataset_name, "target": target, **row} for row in rows)
+            plot_curves(out / f"curves_{name}_{dataset_name}.png", runs,
+                        f"{name} protocol, {dataset_name}: mean over {args.seeds} seeds", target)
+    columns = list(rows_csv[0])
+    lines = [",".join(columns)] + [",".join(_csv(row[c]) for c in columns) for row in rows_csv]
+    atomic_write_text(out / "comparison.csv", "\n".join(lines) + "\n")
+    atomic_write_json(out / "comparison.json", sections)
+    table = markdown(sections)
+    atomic_write_text(out / "comparison.md", table + "\n")
+    print(table)
+    return 0
+
+
+def _csv(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    return f'"{text}"' if "," in text else text
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="depth (implicit acceleration) against momentum, Adam and the depth optimiser",
+        description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=("paper", "log", "both"), default="paper")
+    parser.add_argument("--datasets", help="comma-separated data sets (default: the protocol's)")
+    parser.add_argument("--iterations", type=int, help="iterations per run (default: the protocol's)")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per method, seeds 0..N-1 (default 5)")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--target", type=float, help="target train log-likelihood (default: gradient ascent's mean "
+                                                     "final value)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(handler=handle)

@@ -1,0 +1,238 @@
+"""``overspn dynamics``: trace gradient ascent on an overparametrized SPN against its first-order theory.
+
+Builds the paper's mixture of ``prod(branching)`` products of indicator sums on a data set, overparametrizes its
+root into ``len(branching)`` sum layers (every new weight starting at ``--init``), trains it by gradient ascent
+(``--lr``, weights clamped to ``--floor``) and writes, into ``--out``:
+
+* ``dynamics.csv``: per iteration and component the collapsed weight, the shallow gradient, rho, lambda, the paper's
+  rho, the self rate and cross term, the real change of the weight and its first-order predictions (general formula
+  and the paper's), the unrolled first-order weight and what is left of the initial weight in it;
+* ``momentum.csv``: the unrolled coefficients mu(t, tau) of the past gradients in w_k(t) at the middle and last t;
+* ``eta_scaling.csv``: ``formula, eta, residual`` (relative residual of the first-order prediction of one unclamped
+  step) plus the state (iteration) it was taken from, the absolute residual and the size of the change;
+* ``summary.json``: log-log slopes, residuals at the training rate, checks;
+* figures ``rho.png``, ``lambda.png``, ``predicted_vs_actual.png``, ``eta_scaling.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..data import load_dataset
+from ..dynamics import Trace, Tracer, loglog_slope
+from ..errors import ConfigurationError
+from ..transforms import mixture, overparametrize
+
+DEFAULT_ETAS = "1e-2,1e-3,1e-4,1e-5,1e-6,1e-7"
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+
+    return "\n".join([",".join(header)] + [",".join(cell(v) for v in row) for row in rows]) + "\n"
+
+
+def dynamics_table(trace: Trace) -> str:
+    unrolled, start = trace.unrolled(), trace.decayed_start()
+    header = ["iteration", "component", "weight", "gradient", "rho", "lambda", "rho_paper", "rho_self", "cross",
+              "actual_change", "predicted_change", "predicted_change_paper", "unrolled_weight", "decayed_start",
+              "objective"]
+    rows = []
+    for t in range(trace.iterations):
+        for k in range(trace.weights.shape[1]):
+            rows.append([t, k, trace.weights[t, k], trace.gradients[t, k], trace.rho[t, k], trace.lam[t, k],
+                         trace.rho_paper[t, k], trace.rho_self[t, k], trace.cross[t, k], trace.actual[t, k],
+                         trace.general[t, k], trace.paper[t, k], unrolled[t, k], start[t, k], trace.objective[t]])
+    return _csv(header, rows)
+
+
+def momentum_table(trace: Trace, times: list[int]) -> str:
+    rows = []
+    for t in times:
+        mu = trace.momentum_coefficients(t)
+        for tau in range(t):
+            for k in range(mu.shape[1]):
+                rows.append([t, tau, k, mu[tau, k], trace.gradients[tau, k]])
+    return _csv(["t", "tau", "component", "mu", "gradient"], rows)
+
+
+def _save(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(trace.iterations)
+    colours = plt.cm.tab10(np.arange(trace.weights.shape[1]) % 10)
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for k, colour in enumerate(colours):
+        axis.plot(steps, trace.rho[:, k], color=colour, label=f"k={k}" if k < 10 else None)
+        axis.plot(steps, trace.rho_paper[:, k], color=colour, linestyle="--")
+    axis.set_yscale("log")
+    axis.set_xlabel("iteration t")
+    axis.set_ylabel("rho(t)")
+    axis.set_title(f"{title}\nadaptive rate: general (solid) and the paper's eta (w[0])^2 (dashed)", fontsize=9)
+    axis.legend(fontsize=7, ncol=2)
+    _save(figure, out / "rho.png")
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for k, colour in enumerate(colours):
+        axis.plot(steps, trace.lam[:, k], color=colour, label=f"k={k}" if k < 10 else None)
+    axis.set_yscale("symlog", linthresh=1e-6)
+    axis.set_xlabel("iteration t")
+    axis.set_ylabel("lambda(t)")
+    axis.set_title(f"{title}\nmomentum-like coefficient lambda(t) = eta sum_shared G_e / a_e", fontsize=9)
+    axis.legend(fontsize=7, ncol=2)
+    _save(figure, out / "lambda.png")
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
+    actual = trace.actual.ravel()
+    panels = ((axes[0], trace.general, "general formula"), (axes[1], trace.paper, "paper's formula"))
+    for axis, predicted, name in panels:
+        axis.scatter(actual, predicted.ravel(), s=4, alpha=0.4)
+        finite = np.concatenate([actual, predicted.ravel()])
+        finite = finite[np.isfinite(finite)]
+        bound = float(np.max(np.abs(finite))) if finite.size else 1.0
+        axis.plot([-bound, bound], [-bound, bound], color="grey", linewidth=0.8)
+        threshold = max(float(np.min(np.abs(actual[actual != 0]))) if np.any(actual != 0) else 1e-30, 1e-300)
+        axis.set_xscale("symlog", linthresh=threshold)
+        axis.set_yscale("symlog", linthresh=threshold)
+        axis.set_xlabel("actual change w_k(t+1) - w_k(t)")
+        axis.set_title(name, fontsize=9)
+    axes[0].set_ylabel("first-order prediction")
+    figure.suptitle(title, fontsize=9)
+    _save(figure, out / "predicted_vs_actual.png")
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    states = sorted({row["state"] for row in scaling})
+    for formula, style in (("general", "-o"), ("paper", "--s")):
+        for state in states:
+            rows = [r for r in scaling if r["formula"] == formula and r["state"] == state]
+            axis.plot([r["eta"] for r in rows], [r["residual"] for r in rows], style, markersize=4,
+                      label=f"{formula}, state t={state}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("step size eta")
+    axis.set_ylabel("relative residual ||actual - predicted|| / ||actual||")
+    axis.set_title(f"{title}\nfirst-order residual of one step from fixed states", fontsize=9)
+    axis.legend(fontsize=7)
+    _save(figure, out / "eta_scaling.png")
+
+
+def summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: float) -> dict[str, Any]:
+    slopes: dict[str, Any] = {}
+    for formula in ("general", "paper"):
+        for state in sorted({row["state"] for row in scaling}):
+            rows = [r for r in scaling if r["formula"] == formula and r["state"] == state]
+            etas = [r["eta"] for r in rows]
+            slopes[f"{formula}, t={state}"] = {
+                "absolute_residual_slope": loglog_slope(etas, [r["absolute"] for r in rows]),
+                "relative_residual_slope": loglog_slope(etas, [r["residual"] for r in rows]),
+                "relative_residual_by_eta": {repr(r["eta"]): r["residual"] for r in rows},
+            }
+    step_residuals = {formula: trace.step_residuals(formula) for formula in ("general", "paper")}
+    on_floor = np.isclose(trace.values, floor, rtol=1e-9, atol=0.0)
+    unrolled = trace.unrolled()[-1]
+    final = trace.weights[-1]
+    return {
+        "slopes": slopes,
+        "training_steps": {
+            formula: {"lr": lr, "median_relative_residual": float(np.nanmedian(r)),
+                      "max_relative_residual": float(np.nanmax(r)),
+                      "first_step_relative_residual": float(r[0]),
+                      "fraction_of_steps_above_0.1": float(np.mean(r[np.isfinite(r)] > 0.1))}
+            for formula, r in step_residuals.items()},
+        "edges_on_floor": {"first_state": float(on_floor[0].mean()), "mean": float(on_floor.mean()),
+                           "last_state": float(on_floor[-1].mean())},
+        "unrolled_final_relative_error": float(np.linalg.norm(unrolled - final) / np.linalg.norm(final)),
+        "decayed_start_share_of_final_weight": float(np.linalg.norm(trace.decayed_start()[-1])
+                                                     / np.linalg.norm(final)),
+        "deep_minus_shallow_objective_max": float(np.max(np.abs(trace.objective - trace.objective_shallow))),
+        "objective_first": float(trace.objective[0]), "objective_last": float(trace.objective[-1]),
+    }
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        branching = tuple(int(b) for b in args.branching.split(","))
+        etas = [float(e) for e in args.etas.split(",")]
+    except ValueError as error:
+        raise ConfigurationError(f"--branching and --etas must be comma-separated numbers ({error})") from None
+    if any(b < 1 for b in branching) or len(branching) < 2:
+        raise ConfigurationError(f"--branching needs at least two layers of positive ints, got {args.branching}")
+    if any(not (math.isfinite(e) and e > 0) for e in etas):
+        raise ConfigurationError(f"--etas must be positive numbers, got {args.etas}")
+    if args.iterations < 1:
+        raise ConfigurationError(f"--iterations must be >= 1, got {args.iterations}")
+    data = load_dataset(args.dataset).train
+    components = math.prod(branching)
+    root = mixture(data.shape[1], components, "indicator", args.seed, root_weight=args.init,
+                   perturbation=args.perturbation)
+    deep = overparametrize(root, branching, init=args.init)
+    tracer = Tracer(deep, data, lr=args.lr, floor=args.floor)
+    states = sorted({0, args.iterations // 2, args.iterations})
+    trace, snapshots = tracer.run(args.iterations, snapshot_at=states)
+    scaling = []
+    for state in states:
+        tracer.restore(snapshots[state])
+        scaling.extend({"state": state, **row} for row in tracer.eta_scaling(etas))
+    out = Path(args.out)
+    atomic_write_text(out / "dynamics.csv", dynamics_table(trace))
+    atomic_write_text(out / "momentum.csv", momentum_table(trace, sorted({args.iterations // 2, args.iterations})))
+    atomic_write_text(out / "eta_scaling.csv", _csv(
+        ["formula", "eta", "residual", "state", "absolute", "change"],
+        [[r["formula"], r["eta"], r["residual"], r["state"], r["absolute"], r["change"]] for r in scaling]))
+    summary = summarise(trace, scaling, args.floor, args.lr)
+    summary["config"] = {"dataset": args.dataset, "branching": list(branching), "lr": args.lr,
+                         "iterations": args.iterations, "seed": args.seed, "perturbation": args.perturbation,
+                         "init": args.init, "floor": args.floor, "etas": etas}
+    atomic_write_json(out / "summary.json", summary)
+    title = (f"{args.dataset}, branching {','.join(map(str, branching))}, lr {args.lr}, init {args.init}, "
+             f"seed {args.seed}")
+    plot(out, trace, scaling, title)
+    for key, value in summary["slopes"].items():
+        print(f"{key}: residual slope {value['absolute_residual_slope']:.3f} (absolute), "
+              f"{value['relative_residual_slope']:.3f} (relative)")
+    for formula, value in summary["training_steps"].items():
+        print(f"training steps at lr {args.lr}, {formula}: median relative residual "
+              f"{value['median_relative_residual']:.3g}, first step {value['first_step_relative_residual']:.3g}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("dynamics", help="trace an overparametrized SPN's training against first-order "
+                                                    "theory", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="nltcs")
+    parser.add_argument("--branching", default="2,2,2", help="comma-separated branching of the sum layers")
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--perturbation", type=float, default=1e-12)
+    parser.add_argument("--init", type=float, default=1e-4, help="initial value of every sum-layer weight")
+    parser.add_argument("--floor", type=float, default=1e-4)
+    parser.add_argument("--etas", default=DEFAULT_ETAS, help="step sizes of the first-order residual check")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", required=True)
+    parser.set_defaults(handler=handle)
