@@ -1,0 +1,201 @@
+"""``overspn train``: fit a RAT-SPN to a benchmark data set or CSV files by mini-batch training.
+
+Writes ``metrics.json``, ``curves.csv``, ``curves.png`` and ``model.ospn`` (loadable with :func:`overspn.load`) to
+``--out``, all atomically, plus ``checkpoint.pt`` after every epoch: a run that is killed resumes when the same
+command is run again, and ends with the same results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..data import BINARY_DATASETS, load_csv, load_dataset
+from ..errors import ConfigurationError, DataError, DivergenceError
+from ..rat import LEAF_KINDS, RatConfig, RatSPN
+from ..serialization import save
+from ..training import OPTIMIZERS, TrainSettings, evaluate, train
+
+STRUCTURE_KEYS = {"depth": "depth", "d": "depth", "repetitions": "num_repetitions", "r": "num_repetitions",
+                  "sums": "num_sums", "k": "num_sums", "s": "num_sums", "inputs": "num_input", "i": "num_input"}
+MAX_CATEGORICAL_STATES = 64
+
+
+def default_structure(num_vars: int) -> dict[str, int]:
+    """Depth grows with the number of variables (leaf regions of about four or more variables), capped at 3."""
+    depth = max(1, min(3, int(math.log2(max(2, num_vars // 4)))))
+    return {"depth": depth, "num_repetitions": 10, "num_sums": 10, "num_input": 10}
+
+
+def parse_structure(text: str | None, num_vars: int) -> dict[str, int]:
+    """``"depth=3,repetitions=20,sums=10,inputs=10"`` (or ``d=3,r=20,k=10,i=10``); unspecified keys take defaults."""
+    structure = default_structure(num_vars)
+    if not text:
+        return structure
+    for item in text.split(","):
+        key, separator, value = item.partition("=")
+        key = key.strip().lower()
+        if not separator or key not in STRUCTURE_KEYS:
+            raise ConfigurationError(f"--structure: cannot read {item!r}; expected comma-separated key=value with "
+                                     "keys depth, repetitions, sums, inputs (or d, r, k, i)")
+        try:
+            structure[STRUCTURE_KEYS[key]] = int(value)
+        except ValueError:
+            raise ConfigurationError(f"--structure: {key} must be an integer, got {value.strip()!r}") from None
+    return structure
+
+
+def infer_leaf(*arrays: np.ndarray | None) -> tuple[str, int]:
+    """Leaf family and number of states from the data: binary, small non-negative integers, or anything else."""
+    values = np.concatenate([a[~np.isnan(a)] for a in arrays if a is not None])
+    if np.all((values == 0) | (values == 1)):
+        return "bernoulli", 2
+    if np.all(values == np.round(values)) and values.min() >= 0 and values.max() < MAX_CATEGORICAL_STATES:
+        return "categorical", max(2, int(values.max()) + 1)
+    return "gaussian", 2
+
+
+def _num_states(*arrays: np.ndarray | None) -> int:
+    """Number of states of categorical data: one more than its largest value (at least 2)."""
+    return max(2, int(max(np.nanmax(a) for a in arrays if a is not None)) + 1)
+
+
+def _load_data(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    if (args.dataset is None) == (args.train is None):
+        raise ConfigurationError("give either --dataset NAME or --train FILE.csv (not both)")
+    if args.dataset is not None:
+        data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+        return data.name, data.train, data.valid, data.test
+    arrays = [load_csv(path, allow_missing=True) if path is not None else None
+              for path in (args.train, args.valid, args.test)]
+    for name, array in zip(("--valid", "--test"), arrays[1:]):
+        if array is not None and array.shape[1] != arrays[0].shape[1]:
+            raise DataError(f"{name} has {array.shape[1]} columns but --train has {arrays[0].shape[1]}")
+    return Path(args.train).stem, arrays[0], arrays[1], arrays[2]
+
+
+def _write_curves(out: Path, history: list[dict[str, Any]]) -> None:
+    lines = ["epoch,train_llh,valid_llh,seconds"]
+    for entry in history:
+        valid = "" if entry["valid_llh"] is None else f"{entry['valid_llh']:.6f}"
+        lines.append(f"{entry['epoch']},{entry['train_llh']:.6f},{valid},{entry['seconds']:.3f}")
+    atomic_write_text(out / "curves.csv", "\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    epochs = [entry["epoch"] for entry in history]
+    axes.plot(epochs, [entry["train_llh"] for entry in history], label="train (mean over the epoch's batches)")
+    if history and history[0]["valid_llh"] is not None:
+        axes.plot(epochs, [entry["valid_llh"] for entry in history], label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("mean log-likelihood (nats)")
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(out / "curves.png", buffer.getvalue())
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigurationError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    name, train_data, valid_data, test_data = _load_data(args)
+    leaf = args.leaf or infer_leaf(train_data, valid_data, test_data)[0]
+    cardinality = _num_states(train_data, valid_data, test_data) if leaf == "categorical" else 2
+    structure = parse_structure(args.structure, train_data.shape[1])
+    config = RatConfig(num_vars=train_data.shape[1], leaf=leaf, cardinality=cardinality, seed=args.seed, **structure)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    settings = TrainSettings(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                             time_budget=args.time_budget, patience=args.patience, seed=args.seed)
+    model = RatSPN(config, args.weights, dtype=dtype)
+    model.initialise_from_data(train_data, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.pt"
+    if args.restart and checkpoint.exists():
+        checkpoint.unlink()
+    fingerprint = {"data": name, "rows": int(len(train_data)), "structure": config.as_dict(),
+                   "weights": args.weights, "dtype": args.dtype}
+    try:
+        result = train(model, train_data, valid_data, settings, checkpoint=checkpoint, fingerprint=fingerprint,
+                       progress=not args.quiet)
+    except DivergenceError as error:
+        _write_curves(out, list(error.history or []))
+        raise
+    started = time.perf_counter()
+    metrics = {
+        "data": name,
+        "train_llh": evaluate(model, train_data),
+        "valid_llh": evaluate(model, valid_data),
+        "test_llh": evaluate(model, test_data),
+        "seconds": result.seconds,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "stop_reason": result.stop_reason,
+        "num_params": model.num_parameters(),
+        "structure": config.as_dict(),
+        "weights": args.weights,
+        "dtype": args.dtype,
+        "settings": {"optimizer": settings.optimizer, "lr": settings.learning_rate, "batch_size": settings.batch_size,
+                     "epochs": settings.epochs, "time_budget": settings.time_budget, "patience": settings.patience,
+                     "seed": settings.seed, "threads": torch.get_num_threads()},
+    }
+    _write_curves(out, result.history)
+    save(model.to_compiled(), out / "model.ospn")
+    metrics["evaluation_seconds"] = time.perf_counter() - started
+    atomic_write_json(out / "metrics.json", metrics)
+    if not args.quiet:
+        test = "n/a" if metrics["test_llh"] is None else f"{metrics['test_llh']:.4f}"
+        valid = "n/a" if metrics["valid_llh"] is None else f"{metrics['valid_llh']:.4f}"
+        print(f"{name}: test llh {test}, valid llh {valid}, train llh {metrics['train_llh']:.4f} after "
+              f"{result.epochs} epochs ({result.stop_reason}), {result.seconds:.1f} s, {metrics['num_params']} "
+              f"parameters; results in {out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a RAT-SPN on a data set (mini-batch Adam, SGD or EM)",
+                                   description=__doc__.splitlines()[0])
+    source = parser.add_argument_group("data")
+    source.add_argument("--dataset", help=f"a benchmark by name ({', '.join(BINARY_DATASETS)}; or wine, ...)")
+    source.add_argument("--data-dir", help="folder of the benchmark splits (default: $OVERSPN_DATA or a download)")
+    source.add_argument("--train", help="training data, a CSV file without header (NaN or empty = missing)")
+    source.add_argument("--valid", help="validation data for early stopping (CSV)")
+    source.add_argument("--test", help="test data, evaluated once at the end (CSV)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--leaf", choices=LEAF_KINDS,
+                       help="input distributions (default: inferred; binary -> bernoulli, small integers -> "
+                            "categorical, otherwise gaussian)")
+    model.add_argument("--structure", help="e.g. depth=3,repetitions=10,sums=10,inputs=10 (default: depth from the "
+                                           "number of variables, 10 of each)")
+    model.add_argument("--weights", choices=("softmax", "log", "raw"), default="softmax",
+                       help="sum-weight parametrisation (default: softmax, normalised)")
+    model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    fit.add_argument("--lr", type=float, help="learning rate (default: adam 0.02, sgd 0.5, em step size 0.5)")
+    fit.add_argument("--batch-size", type=int, default=100)
+    fit.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
+    fit.add_argument("--time-budget", type=float, help="stop after the first epoch that ends past this many seconds")
+    fit.add_argument("--patience", type=int, default=10,
+                     help="stop after this many epochs without a better validation log-likelihood (default: 10)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--threads", type=int, help="torch threads (results are reproducible for a fixed count)")
+    parser.add_argument("--out", default="results/train", help="output folder (default: results/train)")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.set_defaults(handler=run)

@@ -1,0 +1,452 @@
+"""Random tensorised SPNs (RAT-SPNs): deep, wide structures over a random region graph, evaluated layer by layer.
+
+The region graph of one *repetition* splits the variables, in a random order, into two halves, each half again,
+``depth`` times: ``2**depth`` leaf regions per repetition. Every leaf region holds ``num_input`` factorised input
+distributions (a product of univariate leaves, one per variable of the region); every inner region holds
+``num_sums`` sum nodes, each a mixture over all products of one input of its left and one of its right child region
+(the cross product). The root is one sum over the products of the top split of every repetition.
+
+:class:`RatSPN` evaluates this structure with tensors shaped ``(batch, repetitions, regions, channels)``: a leaf
+layer (one log-density per variable, repetition and input, then a padded gather that adds the variables of each
+region), then one "einsum" layer per level that forms the cross products and mixes them in a single batched matrix
+product. Memory stays that of one level at a time. :meth:`RatSPN.to_structure` returns the same network as symbolic
+nodes, so :func:`overspn.compile` evaluates it with the generic engine (and :func:`overspn.save` stores it);
+:func:`rat_spn` builds that symbolic structure directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compiled import DEFAULT_FLOOR, WEIGHT_PARAMETRISATIONS, CompiledSPN
+from .compiled import compile as compile_structure
+from .errors import ConfigurationError, DataError
+from .structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
+
+__all__ = ["LEAF_KINDS", "RatConfig", "RatSPN", "rat_spn"]
+
+LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class RatConfig:
+    """Everything that fixes a RAT-SPN's structure (the parameters are initialised from ``seed`` as well)."""
+
+    num_vars: int
+    depth: int = 2
+    num_repetitions: int = 10
+    num_sums: int = 10
+    num_input: int = 10
+    leaf: str = "bernoulli"
+    cardinality: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_vars", "depth", "num_repetitions", "num_sums", "num_input"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if self.leaf not in LEAF_KINDS:
+            raise ConfigurationError(f"leaf must be one of {LEAF_KINDS}, got {self.leaf!r}")
+        if self.num_vars < 2 ** self.depth:
+            raise ConfigurationError(
+                f"depth {self.depth} splits the variables into {2 ** self.depth} regions per repetition, but there "
+                f"are only {self.num_vars} variables: use depth <= {int(math.log2(self.num_vars))}")
+        if self.leaf == "categorical" and self.cardinality < 2:
+            raise ConfigurationError(f"categorical leaves need cardinality >= 2, got {self.cardinality!r}")
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+def _split(variables: np.ndarray, depth: int) -> list[np.ndarray]:
+    """Halve ``variables`` recursively ``depth`` times; sibling regions are adjacent in the result."""
+    if depth == 0:
+        return [variables]
+    half = (len(variables) + 1) // 2
+    return _split(variables[:half], depth - 1) + _split(variables[half:], depth - 1)
+
+
+class RatSPN(nn.Module):
+    """A RAT-SPN as a tensorised ``torch.nn.Module``; see the module docstring for the layout.
+
+    ``weights``: "softmax" (each sum node normalised; the default for training), "log" (w = exp(p)) or "raw"
+    (w = p, kept >= ``floor`` after every optimiser step); with the latter two the network is unnormalised and
+    :meth:`log_likelihood` subtracts the exact log-partition function (the network at the all-missing row).
+    Input distributions are always normalised. NaN entries of the data are marginalised.
+    """
+
+    def __init__(self, config: RatConfig, weights: str = "softmax", *, floor: float = DEFAULT_FLOOR,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if weights not in WEIGHT_PARAMETRISATIONS:
+            raise ConfigurationError(f"weights must be one of {WEIGHT_PARAMETRISATIONS}, got {weights!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if not (math.isfinite(floor) and floor >= 0):
+            raise ConfigurationError(f"floor must be finite and >= 0, got {floor!r}")
+        self.config, self.parametrisation, self.floor = config, weights, floor
+        rng = np.random.default_rng(config.seed)
+        reps, num_in, num_vars = config.num_repetitions, config.num_input, config.num_vars
+
+        # region graph: per repetition a random order of the variables, halved depth times
+        regions = [_split(rng.permutation(num_vars), config.depth) for _ in range(reps)]
+        self.regions = [[np.sort(region) for region in repetition] for repetition in regions]
+        membership = np.zeros((num_vars, reps, len(regions[0])))  # (D, R, L): 1 where variable d is in region l
+        for r, repetition in enumerate(self.regions):
+            for k, region in enumerate(repetition):
+                membership[region, r, k] = 1.0
+        self.register_buffer("region_membership", torch.from_numpy(membership).to(dtype), persistent=False)
+
+        # input distributions, one per (variable, repetition, input)
+        shape = (num_vars, reps, num_in)
+        if config.leaf == "bernoulli":
+            p = rng.uniform(0.25, 0.75, size=shape)
+            self.logit = nn.Parameter(torch.from_numpy(np.log(p / (1 - p))).to(dtype))
+        elif config.leaf == "categorical":
+            probs = rng.dirichlet(np.ones(config.cardinality), size=shape)
+            self.logits = nn.Parameter(torch.from_numpy(np.log(probs)).to(dtype))
+        else:
+            self.mean = nn.Parameter(torch.from_numpy(rng.normal(0.0, 1.0, size=shape)).to(dtype))
+            self.log_std = nn.Parameter(torch.zeros(shape, dtype=dtype))
+
+        # sum layers, bottom-up: level with L regions merges pairs into L/2 regions of num_sums sums each
+        self.sum_weights = nn.ParameterList()
+        regions_here, channels = 2 ** config.depth, num_in
+        while regions_here > 2:
+            regions_here //= 2
+            self.sum_weights.append(self._weights(rng, (reps, regions_here, config.num_sums, channels * channels),
+                                                  dtype))
+            channels = config.num_sums
+        self.root_weights = self._weights(rng, (reps * channels * channels,), dtype)
+        self.top_channels = channels
+
+    def _weights(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Parameter:
+        # normalised random weights: every sum starts as a proper mixture, whatever the parametrisation
+        values = rng.uniform(0.5, 1.5, size=shape)
+        values /= values.sum(axis=-1, keepdims=True)
+        initial = torch.from_numpy(values if self.parametrisation == "raw" else np.log(values)).to(dtype)
+        parameter = nn.Parameter(initial)
+        if self.parametrisation == "raw":
+            parameter.overspn_floor = self.floor  # type: ignore[attr-defined]
+        return parameter
+
+    # -- properties ---------------------------------------------------------------------------------------------
+
+    @property
+    def num_vars(self) -> int:
+        return self.config.num_vars
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.root_weights.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- data ---------------------------------------------------------------------------------------------------
+
+    def check_data(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``x`` as a tensor of the model's dtype; DataError names the first bad row, column and value."""
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind not in "fiub":
+                raise DataError(f"data must be numeric, got a numpy array of dtype {x.dtype}")
+            tensor = torch.from_numpy(np.ascontiguousarray(x))
+        elif isinstance(x, torch.Tensor):
+            tensor = x
+        else:
+            raise DataError(f"data must be a numpy array or torch tensor, got {type(x).__name__}")
+        if tensor.dim() != 2 or tensor.shape[1] != self.num_vars:
+            raise DataError(f"data must have shape (rows, {self.num_vars}), got {tuple(tensor.shape)}")
+        tensor = tensor.to(self.dtype)
+        bad = torch.isinf(tensor)
+        states = 2 if self.config.leaf == "bernoulli" else self.config.cardinality
+        if self.config.leaf != "gaussian":
+            bad |= ~torch.isnan(tensor) & ((tensor < 0) | (tensor >= states) | (tensor != torch.round(tensor)))
+        if bool(bad.any()):
+            row, column = bad.nonzero()[0].tolist()
+            value = tensor[row, column].item()
+            reason = ("values must be finite" if math.isinf(value)
+                      else f"{self.config.leaf} leaves take states 0..{states - 1}")
+            raise DataError(f"invalid value {value!r} in row {row}, column {column}: {reason}")
+        return tensor
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+
+    def leaf_log_table(self) -> torch.Tensor:
+        """Discrete inputs: ``(D, C, R, I)`` log-probability of state c of variable d under input (r, i)."""
+        if self.config.leaf == "bernoulli":
+            return torch.stack([F.logsigmoid(-self.logit), F.logsigmoid(self.logit)], dim=1)
+        return torch.log_softmax(self.logits, dim=-1).permute(0, 3, 1, 2)
+
+    def _region_inputs(self, x: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+        """``(N, R, L, I)``: each leaf region's factorised inputs, the sum of its variables' log-densities.
+
+        Discrete leaves: one matrix product ``onehot(x) (N, D C) @ table (D C, R L I)``, where the table holds each
+        variable's log-probabilities in the block of its region and zeros elsewhere; a missing value has an all-zero
+        one-hot row, i.e. contributes log 1. Gaussian leaves: ``(N, D, R, I)`` log-densities summed per region.
+        """
+        missing = torch.isnan(x)
+        filled = torch.where(missing, torch.zeros_like(x), x)
+        reps, regions, num_in = self.region_membership.shape[1], self.region_membership.shape[2], self.config.num_input
+        if table is not None:
+            card = table.shape[1]
+            onehot = F.one_hot(filled.long(), card).to(x.dtype).masked_fill(missing.unsqueeze(2), 0.0)
+            blocks = table.unsqueeze(3) * self.region_membership[:, None, :, :, None]  # (D, C, R, L, I)
+            product = onehot.reshape(len(x), -1) @ blocks.reshape(-1, reps * regions * num_in)
+            return product.view(len(x), reps, regions, num_in)
+        z = (filled[:, :, None, None] - self.mean) * torch.exp(-self.log_std)
+        densities = (-0.5 * z * z - self.log_std - _LOG_SQRT_2PI).masked_fill(missing[:, :, None, None], 0.0)
+        return torch.einsum("ndri,drl->nrli", densities, self.region_membership)
+
+    def _linear_weights(self, parameter: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sum node (last axis = children): a log-shift ``(..., 1)`` and the weights divided by its exp."""
+        if self.parametrisation == "softmax":
+            return parameter.new_zeros(parameter.shape[:-1] + (1,)), torch.softmax(parameter, dim=-1)
+        if self.parametrisation == "log":
+            shift = parameter.detach().amax(dim=-1, keepdim=True)
+            return shift, torch.exp(parameter - shift)
+        return parameter.new_zeros(parameter.shape[:-1] + (1,)), parameter
+
+    def _root_log_weights(self) -> torch.Tensor:
+        if self.parametrisation == "softmax":
+            return torch.log_softmax(self.root_weights, dim=0)
+        if self.parametrisation == "log":
+            return self.root_weights
+        return torch.log(self.root_weights)
+
+    def log_unnormalised(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(N,)`` log f(x) of the (possibly unnormalised) network; NaN entries are marginalised."""
+        return self._evaluate(self.check_data(x))
+
+    def _evaluate(self, x: torch.Tensor, regions: torch.Tensor | None = None,
+                  layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  root_log_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Root log-values ``(N,)`` of checked data; EM passes its own leaf-region values and weights."""
+        if regions is None:
+            regions = self._region_inputs(x, None if self.config.leaf == "gaussian" else self.leaf_log_table())
+        if layer_weights is None:
+            layer_weights = [self._linear_weights(parameter) for parameter in self.sum_weights]
+        values = regions
+        for shift, weights in layer_weights:
+            values = _einsum_layer(values, shift, weights)
+        left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
+        products = (left.unsqueeze(3) + right.unsqueeze(2)).reshape(len(x), -1)
+        root = self._root_log_weights() if root_log_weights is None else root_log_weights
+        return _logsumexp(products + root, dim=1)
+
+    def log_partition(self) -> torch.Tensor:
+        """``()`` log of the network summed over all values: exactly 0 in theory for softmax weights."""
+        row = torch.full((1, self.num_vars), math.nan, dtype=self.dtype, device=self.root_weights.device)
+        return self._evaluate(row)[0]
+
+    def log_likelihood(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(N,)`` normalised log-probabilities (densities for Gaussian leaves); NaN entries are marginalised."""
+        values = self.check_data(x)
+        if self.parametrisation == "softmax":
+            return self._evaluate(values)
+        missing_row = values.new_full((1, self.num_vars), math.nan)
+        both = self._evaluate(torch.cat([values, missing_row]))
+        return both[:-1] - both[-1]
+
+    def forward(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.log_likelihood(x)
+
+    # -- expectation-maximisation -------------------------------------------------------------------------------
+
+    def em_step(self, x: np.ndarray | torch.Tensor, step_size: float, pseudo_count: float = 1e-2) -> float:
+        """One step of online EM on the batch ``x``; returns the batch's mean log-likelihood before the step.
+
+        Expected counts come from autograd: for a sum weight, w times the gradient of the batch log-likelihood with
+        respect to w; for an input distribution, the gradient with respect to its log-density (its posterior). The
+        batch's maximum-likelihood parameters are mixed into the current ones with weight ``step_size``
+        (``pseudo_count`` rows of the current parameters keep unvisited nodes where they are).
+        """
+        if self.parametrisation != "softmax":
+            raise ConfigurationError(f"EM keeps sum weights normalised: use weights='softmax', not "
+                                     f"{self.parametrisation!r}")
+        values = self.check_data(x)
+        with torch.no_grad():
+            table = None if self.config.leaf == "gaussian" else self.leaf_log_table()
+            regions = self._region_inputs(values, table)
+            weights = [torch.softmax(parameter, dim=-1) for parameter in self.sum_weights]
+            root = torch.softmax(self.root_weights, dim=0)
+        leaf_input = (table if table is not None else regions).requires_grad_()
+        weights = [w.requires_grad_() for w in weights]
+        root.requires_grad_()
+        with torch.enable_grad():
+            if table is not None:
+                regions = self._region_inputs(values, leaf_input)
+            else:
+                regions = leaf_input
+            llh = self._evaluate(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
+                                 torch.log(root))
+            mean = float(llh.detach().mean())
+            if not math.isfinite(mean):
+                return mean
+            grads = torch.autograd.grad(llh.sum(), [leaf_input, *weights, root])
+        with torch.no_grad():
+            for parameter, w, grad in zip([*self.sum_weights, self.root_weights], [*weights, root], grads[1:]):
+                counts = w * grad + pseudo_count * w
+                updated = (1 - step_size) * w + step_size * counts / counts.sum(dim=-1, keepdim=True)
+                parameter.copy_(torch.log(updated))
+            self._em_inputs(values, grads[0], step_size, pseudo_count)
+        return mean
+
+    def _em_inputs(self, x: torch.Tensor, grad: torch.Tensor, step_size: float, pseudo_count: float) -> None:
+        if self.config.leaf == "bernoulli":
+            counts = grad + pseudo_count * torch.exp(self.leaf_log_table())  # (D, 2, R, I)
+            p = (1 - step_size) * torch.sigmoid(self.logit) + step_size * counts[:, 1] / counts.sum(dim=1)
+            self.logit.copy_(torch.logit(p.clamp(1e-6, 1 - 1e-6)))
+        elif self.config.leaf == "categorical":
+            counts = grad + pseudo_count * torch.exp(self.leaf_log_table())  # (D, C, R, I)
+            probs = ((1 - step_size) * torch.softmax(self.logits, dim=-1)
+                     + step_size * (counts / counts.sum(dim=1, keepdim=True)).permute(0, 2, 3, 1))
+            self.logits.copy_(torch.log(probs.clamp_min(1e-12)))
+        else:
+            missing = torch.isnan(x)
+            filled = torch.where(missing, torch.zeros_like(x), x)
+            # posterior of every (variable, repetition, input) for every row: that of the input's leaf region
+            posterior = torch.einsum("nrli,drl->ndri", grad, self.region_membership) * (~missing)[:, :, None, None]
+            count = posterior.sum(dim=0) + pseudo_count
+            std = torch.exp(self.log_std)
+            first = (torch.einsum("ndri,nd->dri", posterior, filled) + pseudo_count * self.mean) / count
+            second = (torch.einsum("ndri,nd->dri", posterior, filled * filled)
+                      + pseudo_count * (self.mean ** 2 + std ** 2)) / count
+            mean = (1 - step_size) * self.mean + step_size * first
+            second = (1 - step_size) * (self.mean ** 2 + std ** 2) + step_size * second
+            variance = (second - mean ** 2).clamp_min(1e-4)
+            self.mean.copy_(mean)
+            self.log_std.copy_(0.5 * torch.log(variance))
+
+    # -- initialisation from data -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialise_from_data(self, data: np.ndarray, seed: int = 0, pseudo_count: float = 1.0) -> None:
+        """Start each input near the data: its statistics on a random tenth of the rows (different per input).
+
+        Breaks the symmetry between inputs like random initialisation does, while starting close to the marginals.
+        """
+        values = self.check_data(data).double()
+        rng = np.random.default_rng(seed)
+        num_vars, reps, num_in = self.num_vars, self.config.num_repetitions, self.config.num_input
+        subset = max(1, len(values) // 10)
+        rows = torch.from_numpy(rng.integers(0, len(values), size=(reps * num_in, subset)))
+        sample = values[rows]  # (R*I, subset, D)
+        observed = ~torch.isnan(sample)
+        filled = torch.where(observed, sample, torch.zeros_like(sample))
+        count = observed.sum(dim=1).double()  # (R*I, D)
+        if self.config.leaf == "bernoulli":
+            p = (filled.sum(dim=1) + pseudo_count) / (count + 2 * pseudo_count)
+            logit = torch.log(p / (1 - p)).T.reshape(num_vars, reps, num_in)
+            self.logit.copy_(logit.to(self.dtype))
+        elif self.config.leaf == "categorical":
+            card = self.config.cardinality
+            onehot = F.one_hot(filled.long(), card).double() * observed.unsqueeze(-1)
+            probs = (onehot.sum(dim=1) + pseudo_count) / (count.unsqueeze(-1) + card * pseudo_count)
+            self.logits.copy_(torch.log(probs).permute(1, 0, 2).reshape(num_vars, reps, num_in, card).to(self.dtype))
+        else:
+            mean = filled.sum(dim=1) / count.clamp_min(1)
+            centred = torch.where(observed, sample - mean.unsqueeze(1), torch.zeros_like(sample))
+            var = (centred ** 2).sum(dim=1) / count.clamp_min(1)
+            std = torch.sqrt(var + 0.1 * var.mean(dim=0, keepdim=True) + 1e-6)
+            self.mean.copy_(mean.T.reshape(num_vars, reps, num_in).to(self.dtype))
+            self.log_std.copy_(torch.log(std).T.reshape(num_vars, reps, num_in).to(self.dtype))
+
+    # -- back to symbols ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _input_leaves(self) -> list[list[list[Leaf]]]:
+        """leaves[d][r][i]: the symbolic univariate leaf of variable d, repetition r, input i."""
+        num_vars, reps, num_in = self.num_vars, self.config.num_repetitions, self.config.num_input
+        if self.config.leaf == "bernoulli":
+            p = torch.sigmoid(self.logit.double()).cpu().numpy()
+            return [[[Bernoulli(d, p[d, r, i]) for i in range(num_in)] for r in range(reps)] for d in range(num_vars)]
+        if self.config.leaf == "categorical":
+            probs = torch.softmax(self.logits.double(), dim=-1).cpu().numpy()
+            return [[[Categorical(d, probs[d, r, i]) for i in range(num_in)] for r in range(reps)]
+                    for d in range(num_vars)]
+        mean = self.mean.double().cpu().numpy()
+        std = torch.exp(self.log_std.double()).cpu().numpy()
+        return [[[Gaussian(d, mean[d, r, i], std[d, r, i]) for i in range(num_in)] for r in range(reps)]
+                for d in range(num_vars)]
+
+    @torch.no_grad()
+    def _actual_weights(self, parameter: nn.Parameter) -> np.ndarray:
+        if self.parametrisation == "softmax":
+            return torch.softmax(parameter.double(), dim=-1).cpu().numpy()
+        if self.parametrisation == "log":
+            return torch.exp(parameter.double()).cpu().numpy()
+        return parameter.double().cpu().numpy()
+
+    @torch.no_grad()
+    def to_structure(self) -> Node:
+        """The same network as symbolic nodes, with the current parameters (weights as the actual weights)."""
+        leaves = self._input_leaves()
+        reps, num_in = self.config.num_repetitions, self.config.num_input
+        # level[r][l][k]: node k of region l of repetition r
+        level: list[list[list[Node]]] = []
+        for r in range(reps):
+            regions_nodes = []
+            for region in self.regions[r]:
+                if len(region) == 1:
+                    regions_nodes.append([leaves[region[0]][r][i] for i in range(num_in)])
+                else:
+                    regions_nodes.append([Product([leaves[d][r][i] for d in region]) for i in range(num_in)])
+            level.append(regions_nodes)
+        for parameter in self.sum_weights:
+            weights = self._actual_weights(parameter)  # (R, L/2, K', K*K)
+            merged = []
+            for r in range(reps):
+                regions_nodes = []
+                for l in range(len(level[r]) // 2):  # noqa: E741
+                    products = [Product([a, b]) for a in level[r][2 * l] for b in level[r][2 * l + 1]]
+                    regions_nodes.append([Sum(products, weights[r, l, k]) for k in range(weights.shape[2])])
+                merged.append(regions_nodes)
+            level = merged
+        products = [Product([a, b]) for r in range(reps) for a in level[r][0] for b in level[r][1]]
+        return Sum(products, self._actual_weights(self.root_weights))
+
+    def to_compiled(self, fast: bool = True) -> CompiledSPN:
+        """The generic compiled program of :meth:`to_structure`, with the same parametrisation and dtype."""
+        return compile_structure(self.to_structure(), self.parametrisation, floor=self.floor, dtype=self.dtype,
+                                 num_vars=self.num_vars, fast=fast)
+
+
+def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``.
+
+    log sum_ij w_kij exp(a_i + b_j) = max a + max b + log sum_ij w_kij exp(a_i - max a) exp(b_j - max b): the
+    products stay in linear space, shifted per region, and one batched matrix product ``(N, K K) @ (K K, K')`` per
+    region does the mixing. ``weights`` ``(R, L/2, K', K K)`` are the actual weights divided by exp(``shift``).
+    """
+    left, right = values[:, :, 0::2], values[:, :, 1::2]
+    left_max, right_max = _finite_max(left), _finite_max(right)
+    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    products = (left_exp.unsqueeze(4) * right_exp.unsqueeze(3)).flatten(3)  # (N, R, L/2, K*K)
+    mixed = torch.einsum("nrlp,rlkp->nrlk", products, weights)
+    return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
+
+
+def _finite_max(values: torch.Tensor) -> torch.Tensor:
+    shift = values.detach().amax(dim=-1, keepdim=True)
+    return torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+
+
+def _logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
+    shift = _finite_max(scores.movedim(dim, -1)).movedim(-1, dim)
+    return torch.log(torch.exp(scores - shift).sum(dim=dim)) + shift.squeeze(dim)
+
+
+def rat_spn(num_vars: int, depth: int = 2, num_repetitions: int = 10, num_sums: int = 10, num_input: int = 10,
+            leaf: str = "bernoulli", seed: int = 0, cardinality: int = 2) -> Node:
+    """A RAT-SPN as a symbolic structure with random parameters (from ``seed``): normalised sum weights."""
+    config = RatConfig(num_vars, depth, num_repetitions, num_sums, num_input, leaf, cardinality, seed)
+    return RatSPN(config, dtype=torch.float64).to_structure()

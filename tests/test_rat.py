@@ -1,0 +1,165 @@
+"""RAT-SPNs: the region graph, equality of the tensorised and generic compiled paths, exact partition functions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import overspn as osp
+from overspn.errors import ConfigurationError, DataError
+from overspn.rat import RatConfig, RatSPN, rat_spn
+from overspn.structure import Product, Sum
+
+
+def _random_data(leaf: str, cardinality: int, rows: int, num_vars: int, seed: int, missing: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if leaf == "gaussian":
+        x = rng.normal(size=(rows, num_vars))
+    else:
+        x = rng.integers(0, cardinality, size=(rows, num_vars)).astype(np.float64)
+    x[rng.random(x.shape) < missing] = np.nan
+    return x
+
+
+def _perturb_weights(model: RatSPN, seed: int) -> None:
+    """Make the sum weights unnormalised (for "log" and "raw") so that the partition function is not 1."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in [*model.sum_weights, model.root_weights]:
+            noise = torch.rand(parameter.shape, generator=generator, dtype=parameter.dtype)
+            if model.parametrisation == "raw":
+                parameter.mul_(0.2 + 3 * noise)
+            else:
+                parameter.add_(2 * noise - 1)
+
+
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical", "gaussian"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_structure_is_a_valid_spn_over_all_variables(leaf: str, depth: int) -> None:
+    root = rat_spn(11, depth=depth, num_repetitions=3, num_sums=4, num_input=2, leaf=leaf, seed=5, cardinality=3)
+    order = osp.validate(root)
+    assert root.scope == frozenset(range(11))
+    model = RatSPN(RatConfig(11, depth, 3, 4, 2, leaf, 3, seed=5))
+    assert osp.num_parameters(root) == model.num_parameters()
+    # root: one sum over the cross products of the top split of every repetition
+    assert isinstance(root, Sum) and len(root.children) == 3 * (2 if depth == 1 else 4) ** 2
+    assert all(isinstance(child, Product) and len(child.children) == 2 for child in root.children)
+    sums = [node for node in order if isinstance(node, Sum)]
+    assert len(sums) == 1 + 3 * 4 * (2 ** depth - 2)
+
+
+def test_region_graph_partitions_the_variables_in_every_repetition() -> None:
+    model = RatSPN(RatConfig(13, depth=3, num_repetitions=4, seed=2))
+    orders = set()
+    for repetition in model.regions:
+        assert len(repetition) == 8
+        assert sorted(np.concatenate(repetition).tolist()) == list(range(13))
+        assert max(map(len, repetition)) - min(map(len, repetition)) <= 1
+        orders.add(tuple(np.concatenate(repetition).tolist()))
+    assert len(orders) > 1  # repetitions split the variables differently
+    membership = model.region_membership
+    assert torch.equal(membership.sum(dim=2), torch.ones(13, 4, dtype=membership.dtype))
+
+
+@pytest.mark.parametrize("weights", ["softmax", "log", "raw"])
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical", "gaussian"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_tensorised_path_equals_generic_compiled_path(weights: str, leaf: str, depth: int) -> None:
+    model = RatSPN(RatConfig(10, depth, 3, 3, 2, leaf, 3, seed=depth), weights, dtype=torch.float64)
+    _perturb_weights(model, seed=1)
+    x = _random_data(leaf, 2 if leaf == "bernoulli" else 3, 40, 10, seed=3, missing=0.3)
+    x[0] = np.nan  # the all-missing row: the partition function ratio
+    expected_fast = model.to_compiled(fast=True)
+    expected_generic = model.to_compiled(fast=False)
+    with torch.no_grad():
+        got = model.log_likelihood(x)
+        torch.testing.assert_close(got, expected_fast.log_likelihood(x), rtol=0, atol=1e-10)
+        torch.testing.assert_close(got, expected_generic.log_likelihood(x), rtol=0, atol=1e-10)
+        torch.testing.assert_close(model.log_unnormalised(x), expected_generic.log_unnormalised(x), rtol=0, atol=1e-10)
+        torch.testing.assert_close(model.log_partition(), expected_generic.log_partition(), rtol=0, atol=1e-10)
+        if weights != "softmax":  # the checks above compared a non-trivial partition function
+            assert abs(float(model.log_partition())) > 1e-3
+    assert abs(float(got[0])) < 1e-12
+
+
+def test_float32_agrees_with_float64() -> None:
+    config = RatConfig(12, 2, 4, 5, 3, seed=0)
+    double = RatSPN(config, "log", dtype=torch.float64)
+    single = RatSPN(config, "log", dtype=torch.float32)
+    x = _random_data("bernoulli", 2, 30, 12, seed=1, missing=0.2)
+    with torch.no_grad():
+        torch.testing.assert_close(single.log_likelihood(x).double(), double.log_likelihood(x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["log", "raw"])
+@pytest.mark.parametrize(("leaf", "cardinality", "num_vars"), [("bernoulli", 2, 8), ("categorical", 3, 5)])
+def test_partition_function_is_exact_by_enumeration(weights: str, leaf: str, cardinality: int, num_vars: int) -> None:
+    model = RatSPN(RatConfig(num_vars, 2, 3, 3, 2, leaf, cardinality, seed=4), weights, dtype=torch.float64)
+    _perturb_weights(model, seed=2)
+    states = np.array(list(itertools.product(range(cardinality), repeat=num_vars)), dtype=np.float64)
+    with torch.no_grad():
+        total = torch.logsumexp(model.log_unnormalised(states), dim=0)
+        assert abs(float(total - model.log_partition())) < 1e-10
+        assert abs(float(torch.logsumexp(model.log_likelihood(states), dim=0))) < 1e-10
+        # a marginal equals the explicit sum over the states of the missing variable
+        partial = states[states[:, 0] == 0].copy()
+        partial[:, 1] = np.nan
+        partial = np.unique(partial, axis=0)
+        completed = np.repeat(partial, cardinality, axis=0)
+        completed[:, 1] = np.tile(np.arange(cardinality), len(partial))
+        explicit = torch.logsumexp(model.log_likelihood(completed).view(-1, cardinality), dim=1)
+        torch.testing.assert_close(model.log_likelihood(partial), explicit, rtol=0, atol=1e-10)
+
+
+def test_gradients_match_finite_differences() -> None:
+    model = RatSPN(RatConfig(6, 2, 2, 2, 2, "gaussian", seed=1), "log", dtype=torch.float64)
+    x = torch.from_numpy(_random_data("gaussian", 2, 5, 6, seed=0, missing=0.2))
+    inputs = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+
+    def functional(*values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, {name: v for (name, _), v in zip(model.named_parameters(), values)},
+                                          (x,))
+
+    assert torch.autograd.gradcheck(functional, inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("leaf", "cardinality"), [("bernoulli", 2), ("categorical", 4), ("gaussian", 2)])
+def test_full_batch_em_never_decreases_the_likelihood(leaf: str, cardinality: int) -> None:
+    model = RatSPN(RatConfig(8, 2, 3, 3, 3, leaf, cardinality, seed=0), dtype=torch.float64)
+    x = torch.from_numpy(_random_data(leaf, cardinality, 200, 8, seed=0, missing=0.1))
+    if leaf == "gaussian":
+        x[:, :4] += 2.0 * (x[:, 4:] > 0)  # dependent columns, so mixing has something to learn
+    model.initialise_from_data(x.numpy(), seed=0)
+    values = [model.em_step(x, step_size=1.0, pseudo_count=0.0) for _ in range(6)]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(values, values[1:]))
+    assert values[-1] > values[0] + 1e-3
+
+
+def test_bad_configuration_and_data_are_named() -> None:
+    with pytest.raises(ConfigurationError, match="depth <= 2"):
+        RatConfig(5, depth=3)
+    with pytest.raises(ConfigurationError, match="num_sums"):
+        RatConfig(5, depth=1, num_sums=0)
+    with pytest.raises(ConfigurationError, match="leaf"):
+        RatConfig(5, depth=1, leaf="poisson")
+    model = RatSPN(RatConfig(4, 1, 2, 2, 2))
+    with pytest.raises(DataError, match="row 1, column 2"):
+        model.log_likelihood(np.array([[0, 1, 0, 1], [0, 1, 2, 1.0]]))
+    with pytest.raises(DataError, match="shape"):
+        model.log_likelihood(np.zeros((3, 5)))
+    with pytest.raises(ConfigurationError, match="softmax"):
+        RatSPN(RatConfig(4, 1, 2, 2, 2), "log").em_step(np.zeros((2, 4)), 0.5)
+
+
+def test_saved_model_reloads_with_the_same_likelihoods(tmp_path) -> None:
+    model = RatSPN(RatConfig(9, 2, 2, 3, 3, "categorical", 4, seed=3))
+    path = tmp_path / "rat.ospn"
+    osp.save(model.to_compiled(), path)
+    x = _random_data("categorical", 4, 25, 9, seed=2, missing=0.25)
+    with torch.no_grad():
+        torch.testing.assert_close(osp.load(path).log_likelihood(x), model.log_likelihood(x), rtol=0, atol=1e-5)
+    assert not math.isnan(float(model.log_partition()))
