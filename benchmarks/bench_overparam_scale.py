@@ -1,0 +1,265 @@
+"""Overparametrized training of benchmark-sized RAT-SPNs: does training each sum weight as a product speed learning up?
+
+Trapp, Peharz & Pernkopf (2019) train small SPNs whose sum weights are products of factors along extra layers and
+report faster optimisation. This benchmark asks the same question at the size of real benchmark models: a RAT-SPN
+(:class:`overspn.rat.RatSPN`, depth 3 or less, 10 repetitions, 10 sums and 10 inputs per region, Bernoulli inputs,
+raw unnormalised sum weights with the exact partition function, about 10^4 - 10^5 parameters) on binary benchmark
+data sets, trained by plain mini-batch gradient ascent on the mean log-likelihood in three arms with the same step
+size, batches, initial model and number of epochs:
+
+* ``plain``: gradient ascent on the weights themselves (``Overparametrized`` with depth 1, which is plain gradient
+  descent on the negative log-likelihood);
+* ``elementwise-2``: every sum weight trained as the product of 2 factors of its own, initialised balanced
+  (each factor the square root of the weight);
+* ``tree-2``: every sum node's weight vector trained as a two-layer tree of factors, the structure
+  :func:`overspn.overparametrize` builds: inner sums group their ``C x C`` cross products by left child
+  (branching ``(C, C)``), the root groups its children by repetition (branching ``(R, K*K)``); initialised as that
+  transform does (top factors carry the group totals, bottom factors the ratios).
+
+In every arm the input distributions' logits are trained by plain gradient ascent.
+:class:`overspn.optim.Overparametrized` writes the product of the factors back into each weight after every step, so
+the model always has its original size: the trained model *is* the collapsed one (checked: each weight equals the
+product of its factors at the end).
+
+Per run (data set x seed x arm): the validation log-likelihood after every epoch and the training seconds spent
+(evaluation excluded); the test log-likelihood of the parameters with the best validation log-likelihood. Per data
+set two fixed targets, both computed from the plain arm's runs only: "easy" = the worst best-validation
+log-likelihood over the plain runs (every plain run reaches it) and "hard" = their median. Reported: epochs and
+seconds to reach each target (not reached within the budget: null), final test log-likelihood, medians over seeds.
+
+Runs are written to the JSON file as they finish; an interrupted benchmark resumes where it stopped (runs with the
+same settings are reused).
+
+    OVERSPN_DATA=/work/shared/datasets python benchmarks/bench_overparam_scale.py [--datasets nltcs plants baudio]
+        [--seeds 0 1 2] [--epochs 15] [--time-budget 60] [--lr 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from overspn.atomic import atomic_write_json
+from overspn.data import load_dataset
+from overspn.optim import Overparametrized
+from overspn.rat import RatConfig, RatSPN
+from overspn.training import evaluate
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = ("plain", "elementwise-2", "tree-2")
+FLOOR = 1e-6  # raw weights' floor; the factor floors follow from it (factor ** depth >= floor)
+
+
+def build_model(num_vars: int, seed: int, train: np.ndarray, args: argparse.Namespace) -> RatSPN:
+    depth = min(args.depth, int(math.log2(num_vars)))
+    config = RatConfig(num_vars, depth, args.repetitions, args.sums, args.inputs, "bernoulli", seed=seed)
+    model = RatSPN(config, weights="raw", floor=FLOOR)
+    model.initialise_from_data(train, seed=seed)
+    return model
+
+
+def sum_weight_groups(model: RatSPN, arm: str, lr: float) -> list[dict[str, Any]]:
+    """Parameter groups of the optimiser for ``arm``: sum weights overparametrized, input logits plain."""
+    inputs = [p for name, p in model.named_parameters() if "weights" not in name]
+    groups: list[dict[str, Any]] = [{"params": inputs, "depth": 1}]
+    weights = [*model.sum_weights, model.root_weights]
+    if arm == "plain":
+        groups.append({"params": weights, "depth": 1})
+    elif arm == "elementwise-2":
+        groups.append({"params": weights, "depth": 2, "init": "balanced"})
+    elif arm == "tree-2":
+        for parameter in model.sum_weights:
+            children = parameter.shape[-1]
+            side = math.isqrt(children)  # the children of an inner sum are the cross product C x C
+            groups.append({"params": [parameter], "branching": (side, side), "init": "overparametrize"})
+        repetitions = model.config.num_repetitions
+        groups.append({"params": [model.root_weights], "branching": (repetitions, model.root_weights.numel()
+                                                                     // repetitions), "init": "overparametrize"})
+    else:
+        raise ValueError(f"unknown arm {arm!r}")
+    for group in groups:
+        group["lr"] = lr
+    return groups
+
+
+def collapse_error(model: RatSPN, optimizer: Overparametrized) -> float:
+    """Largest relative gap between a weight and the product of its factors (0 up to rounding: collapsed)."""
+    worst = 0.0
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            factors = optimizer.factors(parameter)
+            if len(factors) < 2:
+                continue
+            size = factors[-1].shape[1]
+            product = torch.ones_like(factors[-1])
+            for factor in factors:
+                product = product * factor.repeat_interleave(size // factor.shape[1], dim=1)
+            gap = (product.view_as(parameter) - parameter).abs() / parameter.abs().clamp_min(FLOOR)
+            worst = max(worst, float(gap.detach().max()))
+    return worst
+
+
+def run(name: str, data: Any, seed: int, arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    train = torch.from_numpy(data.train).float()
+    model = build_model(train.shape[1], seed, data.train, args)
+    optimizer = Overparametrized(sum_weight_groups(model, arm, args.lr), lr=args.lr, maximize=False)
+    generator = torch.Generator().manual_seed(seed)
+    history = [{"epoch": 0, "seconds": 0.0, "valid": evaluate(model, data.valid)}]
+    best_valid, best_state = history[0]["valid"], {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = 0.0
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(len(train), generator=generator)
+        for begin in range(0, len(train), args.batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = -model.log_likelihood(train[order[begin: begin + args.batch_size]]).mean()
+            loss.backward()
+            optimizer.step()
+        seconds += time.perf_counter() - start
+        valid = evaluate(model, data.valid)
+        if not math.isfinite(valid):
+            history.append({"epoch": epoch, "seconds": seconds, "valid": None})
+            break
+        history.append({"epoch": epoch, "seconds": seconds, "valid": valid})
+        if valid > best_valid:
+            best_valid, best_state = valid, {k: v.clone() for k, v in model.state_dict().items()}
+        if seconds > args.time_budget:
+            break
+    error = collapse_error(model, optimizer)
+    final_test = evaluate(model, data.test)
+    model.load_state_dict(best_state)
+    extra = sum(f.numel() for g in optimizer.param_groups for p in g["params"]
+                for f in optimizer.factors(p)) - sum(p.numel() for p in model.parameters())
+    return {"dataset": name, "seed": seed, "arm": arm, "history": history, "best_valid": best_valid,
+            "test_at_best_valid": evaluate(model, data.test), "final_test": final_test,
+            "parameters": model.num_parameters(), "optimiser_extra_entries": extra,
+            "collapse_max_relative_error": error, "epochs_run": history[-1]["epoch"], "train_seconds": seconds}
+
+
+def first_reaching(history: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:
+    for entry in history:
+        if entry["valid"] is not None and entry["valid"] >= target:
+            return entry["epoch"], entry["seconds"]
+    return None, None
+
+
+def summarise(runs: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for name in datasets:
+        plain = [r["best_valid"] for r in runs if r["dataset"] == name and r["arm"] == "plain"]
+        if not plain:
+            continue
+        targets = {"easy": min(plain), "hard": statistics.median(plain)}
+        per_arm: dict[str, Any] = {"targets": targets}
+        for arm in ARMS:
+            arm_runs = [r for r in runs if r["dataset"] == name and r["arm"] == arm]
+            if not arm_runs:
+                continue
+            entry: dict[str, Any] = {"seeds": [r["seed"] for r in arm_runs]}
+            for label, target in targets.items():
+                reached = [first_reaching(r["history"], target) for r in arm_runs]
+                entry[f"epochs_to_{label}"] = [e for e, _ in reached]
+                entry[f"seconds_to_{label}"] = [s for _, s in reached]
+                done = [e for e, _ in reached if e is not None]
+                entry[f"reached_{label}"] = f"{len(done)}/{len(arm_runs)}"
+                entry[f"median_epochs_to_{label}"] = statistics.median(done) if len(done) == len(arm_runs) else None
+                secs = [s for _, s in reached if s is not None]
+                entry[f"median_seconds_to_{label}"] = statistics.median(secs) if len(secs) == len(arm_runs) else None
+            tests = [r["test_at_best_valid"] for r in arm_runs]
+            entry["test_at_best_valid"] = tests
+            entry["median_test"] = statistics.median(tests)
+            entry["test_spread"] = [min(tests), max(tests)]
+            entry["median_best_valid"] = statistics.median(r["best_valid"] for r in arm_runs)
+            entry["seconds_per_epoch"] = statistics.median(r["train_seconds"] / max(1, r["epochs_run"])
+                                                           for r in arm_runs)
+            per_arm[arm] = entry
+        summary[name] = per_arm
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    def fmt(value: Any, digits: int = 1) -> str:
+        return "not reached" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| data set | arm | epochs to easy | s to easy | epochs to hard (reached) | s to hard | "
+             "s/epoch | test LL median [min, max] |", "|---|---|---|---|---|---|---|---|"]
+    for name, per_arm in summary.items():
+        targets = per_arm["targets"]
+        for arm in ARMS:
+            if arm not in per_arm:
+                continue
+            e = per_arm[arm]
+            lines.append(
+                f"| {name} (easy {targets['easy']:.3f}, hard {targets['hard']:.3f}) | {arm} | "
+                f"{fmt(e['median_epochs_to_easy'], 0)} | {fmt(e['median_seconds_to_easy'])} | "
+                f"{fmt(e['median_epochs_to_hard'], 0)} ({e['reached_hard']}) | {fmt(e['median_seconds_to_hard'])} | "
+                f"{e['seconds_per_epoch']:.1f} | {e['median_test']:.3f} [{e['test_spread'][0]:.3f}, "
+                f"{e['test_spread'][1]:.3f}] |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["nltcs", "plants", "baudio"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--time-budget", type=float, default=60.0, help="training seconds per run")
+    parser.add_argument("--lr", type=float, default=0.5, help="the project's default SGD step size")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--repetitions", type=int, default=10)
+    parser.add_argument("--sums", type=int, default=10)
+    parser.add_argument("--inputs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overparam_scale.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = {k: v for k, v in vars(args).items() if k not in ("datasets", "seeds", "arms", "out", "threads")}
+
+    runs: list[dict[str, Any]] = []
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous.get("settings") == settings:
+            runs = previous["runs"]
+    done = {(r["dataset"], r["seed"], r["arm"]) for r in runs}
+
+    def write() -> dict[str, Any]:
+        summary = summarise(runs, args.datasets)
+        atomic_write_json(args.out, {
+            "benchmark": "overparametrized vs plain gradient training of RAT-SPNs",
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
+            "torch": torch.__version__, "settings": settings, "runs": runs, "summary": summary})
+        return summary
+
+    for name in args.datasets:
+        data = load_dataset(name)
+        for seed in args.seeds:
+            for arm in args.arms:
+                if (name, seed, arm) in done:
+                    continue
+                result = run(name, data, seed, arm, args)
+                runs.append(result)
+                write()
+                print(f"{name} seed {seed} {arm}: best valid {result['best_valid']:.4f}, test "
+                      f"{result['test_at_best_valid']:.4f}, {result['epochs_run']} epochs in "
+                      f"{result['train_seconds']:.0f} s", flush=True)
+    summary = write()
+    print()
+    print(markdown(summary))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
