@@ -1,0 +1,427 @@
+"""The paper's experiment: does overparametrizing the root of a mixture SPN accelerate gradient ascent?
+
+A *study* trains, for every data set, depth and run, the paper's mixture of ``K = 8`` products of per-variable
+leaves whose root sum is replaced by ``depth`` sum layers (:func:`overspn.overparametrize`, branchings (8), (2, 4),
+(2, 2, 2)), and records the train and test log-likelihood after every update. Two protocols:
+
+* ``paper`` (Trapp, Peharz & Pernkopf 2019): NLTCS; raw weights, every weight of the sum hierarchy starting at 1e-4
+  and every indicator weight at 0.5; plain gradient ascent with rate 0.01 for 500 iterations, weights clamped to
+  the floor 1e-4 after every step; 2 runs; float64.
+* ``log``: the same models with log-parametrised weights (``w = exp(p)``), rate 0.1, 1000 iterations, 5 runs, on
+  NLTCS, Plants and Audio. The initial weights are those of the paper protocol (log-weights log 1e-4 in the sum
+  hierarchy, log 0.5 at the leaves). With log-weights this choice is immaterial: scaling all weights of one sum
+  node scales f(x) and f(*) alike, and the gradient with respect to log-weights is invariant to that scaling, so
+  any constant initial value per sum node (0 included) gives the same trajectory up to rounding.
+
+Started exactly like that the K components are identical, and stay identical under gradient ascent (the model is
+a product of independent leaves, and depth changes nothing). Run ``r`` breaks the symmetry with a relative
+perturbation of the initial leaf parameters of size ``perturbation`` (default 1e-12, floating-point noise level),
+drawn from seed ``seed + r``; all depths of one run start from the same leaves, hence from the same function.
+
+:func:`run_study` writes to its output folder, atomically, ``study.json`` (the settings), one result file per
+finished run under ``runs/`` and, while a run is in progress, a checkpoint (model parameters and history) every
+``checkpoint_every`` iterations under ``checkpoints/``. Called again with the same settings after being killed, it
+skips finished runs and continues the interrupted ones from their checkpoints; the update is deterministic, so the
+curves equal those of an uninterrupted study. At the end it writes ``curves.csv``, ``summary.json`` and one figure
+per data set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .compiled import CompiledSPN, compile
+from .data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary, load_csv, load_sklearn
+from .errors import ConfigurationError, DataError, DivergenceError
+from .learning import History, train
+from .transforms import MIXTURE_LEAVES, mixture, overparametrize
+
+__all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", "load_study_data", "run_study",
+           "curves_table", "summarise", "plot_study", "TARGET_GAP"]
+
+BRANCHINGS: dict[int, tuple[int, ...]] = {1: (8,), 2: (2, 4), 3: (2, 2, 2)}
+TARGET_GAP = 0.05  # nats below the best final value that count as "reached the plateau"
+CONTINUOUS_DEFAULT_DATASETS = ("wine", "breast_cancer")
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything that determines the curves of a study (and nothing else: threads, output, progress are apart)."""
+
+    protocol: str
+    datasets: tuple[str, ...]
+    depths: tuple[int, ...] = (1, 2, 3)
+    components: int = 8
+    weights: str = "raw"
+    lr: float = 0.01
+    iterations: int = 500
+    runs: int = 2
+    seed: int = 0
+    leaf: str = "indicator"
+    perturbation: float = 1e-12
+    init: float = 1e-4
+    leaf_weight: float = 0.5
+    floor: float = 1e-4
+    max_rows: int | None = None
+    checkpoint_every: int = field(default=50, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigurationError("a study needs at least one data set")
+        for depth in self.depths:
+            if depth not in BRANCHINGS:
+                raise ConfigurationError(f"depth must be one of {sorted(BRANCHINGS)}, got {depth}")
+        if self.components != 8:
+            raise ConfigurationError(f"the branchings are those of K = 8 components, got {self.components}")
+        if self.weights not in ("raw", "log"):
+            raise ConfigurationError(f"weights must be 'raw' or 'log', got {self.weights!r}")
+        if self.leaf not in MIXTURE_LEAVES:
+            raise ConfigurationError(f"leaf must be one of {MIXTURE_LEAVES}, got {self.leaf!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigurationError(f"learning rate must be a finite number > 0, got {self.lr!r}")
+        if self.iterations < 1 or self.runs < 1 or self.checkpoint_every < 1:
+            raise ConfigurationError("iterations, runs and checkpoint_every must be >= 1, got "
+                                     f"{self.iterations}, {self.runs} and {self.checkpoint_every}")
+        if not (math.isfinite(self.perturbation) and 0 <= self.perturbation < 1):
+            raise ConfigurationError(f"perturbation must lie in [0, 1), got {self.perturbation!r}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigurationError(f"max_rows must be >= 1, got {self.max_rows}")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine one run's curve (the data sets and number of runs only select runs)."""
+        values = asdict(self)
+        for key in ("datasets", "depths", "runs", "checkpoint_every"):
+            values.pop(key)
+        return values
+
+
+PROTOCOLS: dict[str, Study] = {
+    "paper": Study("paper", ("nltcs",), weights="raw", lr=0.01, iterations=500, runs=2),
+    "log": Study("log", ("nltcs", "plants", "baudio"), weights="log", lr=0.1, iterations=1000, runs=5),
+}
+
+
+def protocol_study(protocol: str, **overrides: Any) -> Study:
+    """The study of ``protocol`` ("paper" or "log") with some settings replaced (None values are ignored).
+
+    With ``leaf="gaussian"`` and no data sets given, the data sets are scikit-learn's wine and breast cancer.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigurationError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if overrides.get("leaf") == "gaussian" and "datasets" not in overrides:
+        overrides["datasets"] = CONTINUOUS_DEFAULT_DATASETS
+    if "datasets" in overrides:
+        overrides["datasets"] = tuple(overrides["datasets"])
+    return replace(PROTOCOLS[protocol], **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_study_data(name: str, data_dir: str | Path | None = None, max_rows: int | None = None) -> Dataset:
+    """A binary benchmark, a scikit-learn continuous set (standardised), or ``data_dir/NAME/NAME.{train,test}.data``.
+
+    ``max_rows`` keeps the first rows of the train and test splits (quick runs and tests).
+    """
+    if name in BINARY_DATASETS:
+        dataset = load_binary(name, data_dir)
+    elif name in SKLEARN_DATASETS:
+        dataset = load_sklearn(name)
+    else:
+        folder = Path(data_dir) / name if data_dir is not None else None
+        if folder is None or not (folder / f"{name}.train.data").is_file():
+            raise DataError(f"unknown data set {name!r}: not a standard binary benchmark "
+                            f"({', '.join(sorted(BINARY_DATASETS))}), not one of scikit-learn's "
+                            f"({', '.join(SKLEARN_DATASETS)}), and no {name}/{name}.train.data under --data-dir")
+        test_path = folder / f"{name}.test.data"
+        test = load_csv(test_path) if test_path.is_file() else None
+        dataset = Dataset(name, load_csv(folder / f"{name}.train.data"), None, test)
+    if max_rows is not None:
+        dataset = Dataset(dataset.name, dataset.train[:max_rows], dataset.valid,
+                          None if dataset.test is None else dataset.test[:max_rows])
+    return dataset
+
+
+def _check_leaf(study: Study, dataset: Dataset) -> None:
+    values = dataset.train
+    integral = bool(np.all(values == np.round(values)) and np.all(values >= 0))
+    if study.leaf != "gaussian" and not integral:
+        raise ConfigurationError(f"leaf {study.leaf!r} needs discrete data, but {dataset.name} has non-integer values;"
+                                 " use --leaf gaussian")
+    if study.leaf in ("indicator", "bernoulli") and np.any(values > 1):
+        raise ConfigurationError(f"leaf {study.leaf!r} needs binary data, but {dataset.name} has values above 1; "
+                                 "use --leaf categorical")
+
+
+def build_model(study: Study, num_vars: int, depth: int, run: int, cardinality: int = 2) -> CompiledSPN:
+    """The model of run ``run`` at ``depth``: the perturbed mixture, overparametrized, compiled in float64."""
+    shallow = mixture(num_vars, study.components, leaf=study.leaf, seed=study.seed + run, root_weight=study.init,
+                      leaf_weight=study.leaf_weight, perturbation=study.perturbation, cardinality=cardinality)
+    deep = overparametrize(shallow, BRANCHINGS[depth], init=study.init)
+    return compile(deep, study.weights, floor=study.floor, dtype=torch.float64, num_vars=num_vars)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running, with resumption
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One finished run: its curves and the seconds spent training it."""
+
+    dataset: str
+    depth: int
+    run: int
+    history: History
+    seconds: float
+
+
+def _run_name(dataset: str, depth: int, run: int) -> str:
+    return f"{dataset}-depth{depth}-run{run}"
+
+
+def _check_settings(out: Path, study: Study) -> None:
+    path = out / "study.json"
+    settings = study.settings()
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigurationError(f"{path} is unreadable ({error}); remove it or use another output folder") \
+                from None
+        if stored != json.loads(json.dumps(settings)):
+            differing = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise ConfigurationError(
+                f"{out} holds results of other settings (differing: {', '.join(differing)}); use another output "
+                "folder or remove it")
+    else:
+        atomic_write_json(path, settings)
+
+
+def _save_checkpoint(path: Path, model: CompiledSPN, history: History, seconds: float) -> None:
+    buffer = io.BytesIO()
+    torch.save({"state": model.state_dict(), "history": history.to_dict(), "seconds": seconds}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a checkpoint is written atomically; an unreadable one is simply not used
+        return None
+
+
+def _read_result(path: Path, dataset: str, depth: int, run: int, iterations: int) -> RunResult | None:
+    try:
+        value = json.loads(path.read_text())
+        history = History.from_dict(value["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if history.iterations != iterations:
+        return None
+    return RunResult(dataset, depth, run, history, float(value["seconds"]))
+
+
+def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Run (or resume) every run of ``study``, writing into ``out``; returns the results in a fixed order."""
+    out = Path(out)
+    _check_settings(out, study)
+    datasets = {name: load_study_data(name, data_dir, study.max_rows) for name in study.datasets}
+    for dataset in datasets.values():
+        _check_leaf(study, dataset)
+    units = [(name, depth, run) for name in study.datasets for depth in study.depths for run in range(study.runs)]
+    results: dict[tuple[str, int, int], RunResult] = {}
+    for unit in units:
+        found = _read_result(out / "runs" / f"{_run_name(*unit)}.json", *unit, study.iterations)
+        if found is not None:
+            results[unit] = found
+    pending = [unit for unit in units if unit not in results]
+    bar = tqdm(total=len(pending) * (study.iterations + 1), disable=not progress, desc=f"reproduce {study.protocol}",
+               unit="it", dynamic_ncols=True)
+    try:
+        for unit in pending:
+            results[unit] = _run_one(study, datasets[unit[0]], *unit, out, bar)
+    finally:
+        bar.close()
+    if log is not None and len(pending) < len(units):
+        log(f"reused {len(units) - len(pending)} finished runs from {out / 'runs'}")
+    return [results[unit] for unit in units]
+
+
+def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, out: Path, bar: Any) -> RunResult:
+    cardinality = max(2, int(np.nanmax(dataset.train)) + 1) if study.leaf == "categorical" else 2
+    model = build_model(study, dataset.num_vars, depth, run, cardinality)
+    checkpoint_path = out / "checkpoints" / f"{_run_name(name, depth, run)}.pt"
+    history, seconds = None, 0.0
+    checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state"])
+        history, seconds = History.from_dict(checkpoint["history"]), float(checkpoint["seconds"])
+        bar.update(history.iterations)
+    bar.set_postfix_str(f"{name} depth {depth} run {run}")
+    started = time.perf_counter()
+
+    def on_iteration(iteration: int, current: CompiledSPN, recorded: History) -> None:
+        bar.update(1)
+        if 0 < iteration < study.iterations and iteration % study.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_path, current, recorded, seconds + time.perf_counter() - started)
+
+    try:
+        history = train(model, dataset.train, iterations=study.iterations, lr=study.lr, test_x=dataset.test,
+                        progress=False, callback=on_iteration, history=history)
+    except DivergenceError as error:
+        raise DivergenceError(f"{name}, depth {depth}, run {run}: {error}", error.iteration, error.history) from None
+    seconds += time.perf_counter() - started
+    atomic_write_json(out / "runs" / f"{_run_name(name, depth, run)}.json",
+                      {"dataset": name, "depth": depth, "run": run, "seconds": seconds, "history": history.to_dict()})
+    checkpoint_path.unlink(missing_ok=True)
+    return RunResult(name, depth, run, history, seconds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+CURVE_COLUMNS = ("protocol", "dataset", "depth", "run", "iteration", "train_llh", "test_llh")
+
+
+def curves_table(study: Study, results: Sequence[RunResult]) -> str:
+    """``curves.csv``: one row per run and iteration (iteration 0 = before the first update), exact floats."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CURVE_COLUMNS)
+    for result in results:
+        test = result.history.test_llh
+        for iteration, value in enumerate(result.history.train_llh):
+            writer.writerow([study.protocol, result.dataset, result.depth, result.run, iteration, repr(value),
+                             "" if test is None else repr(test[iteration])])
+    return stream.getvalue()
+
+
+def _first_reach(curve: np.ndarray, target: float) -> int | None:
+    hits = np.flatnonzero(curve >= target)
+    return int(hits[0]) if len(hits) else None
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "per_run": [float(v) for v in array]}
+
+
+def _ratio(numerator: int | None, denominator: int | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def summarise(study: Study, results: Sequence[RunResult]) -> dict[str, Any]:
+    """Per data set and depth: final log-likelihoods, iterations to the plateau, speed-up against one layer.
+
+    The plateau of a data set is ``TARGET_GAP`` nats below the best final value, in two views: the mean curve over
+    runs (target: best mean final value over depths) and the paper's best-of-runs curve (target: best final value of
+    any run). Iterations are the first iteration at or above the target (None: never reached). Speed-up of depth d:
+    iterations of depth 1 divided by iterations of depth d.
+    """
+    summary: dict[str, Any] = {"protocol": study.protocol, "settings": study.settings(), "runs": study.runs,
+                               "target_gap_nats": TARGET_GAP, "datasets": {}}
+    for name in study.datasets:
+        curves = {depth: np.array([r.history.train_llh for r in results if r.dataset == name and r.depth == depth])
+                  for depth in study.depths}
+        tests = {depth: [r.history.test_llh[-1] for r in results if r.dataset == name and r.depth == depth
+                         and r.history.test_llh is not None] for depth in study.depths}
+        seconds = {depth: [r.seconds for r in results if r.dataset == name and r.depth == depth]
+                   for depth in study.depths}
+        mean_target = max(float(c[:, -1].mean()) for c in curves.values()) - TARGET_GAP
+        best_target = max(float(c[:, -1].max()) for c in curves.values()) - TARGET_GAP
+        reach_mean = {d: _first_reach(c.mean(axis=0), mean_target) for d, c in curves.items()}
+        reach_best = {d: _first_reach(c[int(np.argmax(c[:, -1]))], best_target) for d, c in curves.items()}
+        entry: dict[str, Any] = {"initial_train_llh": float(curves[study.depths[0]][:, 0].mean()),
+                                 "mean_curve_target": mean_target, "best_run_target": best_target, "depths": {}}
+        for depth, curve in curves.items():
+            entry["depths"][str(depth)] = {
+                "branching": list(BRANCHINGS[depth]),
+                "final_train_llh": _stats(curve[:, -1]),
+                "final_test_llh": _stats(tests[depth]) if tests[depth] else None,
+                "iterations_to_target": {
+                    "mean_curve": reach_mean[depth],
+                    "best_run": reach_best[depth],
+                    "per_run_to_mean_curve_target": [_first_reach(c, mean_target) for c in curve],
+                },
+                "speedup_vs_depth1": {
+                    "mean_curve": _ratio(reach_mean.get(1), reach_mean[depth]),
+                    "best_run": _ratio(reach_best.get(1), reach_best[depth]),
+                },
+                "seconds_per_run": _stats(seconds[depth]),
+            }
+        summary["datasets"][name] = entry
+    return summary
+
+
+def plot_study(study: Study, results: Sequence[RunResult], name: str, path: str | Path) -> None:
+    """The figure of one data set: mean train log-likelihood with a +-1 std band over runs (test dashed), and the
+    paper's view, the best run (highest final train log-likelihood) of every depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
+    for depth in study.depths:
+        runs = [r for r in results if r.dataset == name and r.depth == depth]
+        curves = np.array([r.history.train_llh for r in runs])
+        steps = np.arange(curves.shape[1])
+        mean, std = curves.mean(axis=0), curves.std(axis=0)
+        label = f"{depth} layer{'s' if depth > 1 else ''} {BRANCHINGS[depth]}"
+        colour = colours.get(depth)
+        left.plot(steps, mean, color=colour, label=f"{label} train")
+        left.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.25, linewidth=0)
+        if all(r.history.test_llh is not None for r in runs):
+            tests = np.array([r.history.test_llh for r in runs])
+            left.plot(steps, tests.mean(axis=0), color=colour, linestyle="--", linewidth=1, label=f"{label} test")
+        right.plot(steps, curves[int(np.argmax(curves[:, -1]))], color=colour, label=label)
+    title = f"{name}, {study.protocol} protocol ({study.weights} weights, lr {study.lr}, {study.leaf} leaves)"
+    left.set_title(f"mean and ±1 std over {study.runs} runs", fontsize=9)
+    right.set_title("best run of each depth (final train log-likelihood)", fontsize=9)
+    for axes in (left, right):
+        axes.set_xlabel("iteration")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    left.set_ylabel("mean log-likelihood (nats)")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_outputs(study: Study, results: Sequence[RunResult], out: str | Path) -> dict[str, Any]:
+    """``curves.csv``, ``summary.json`` and ``NAME.png`` per data set, all written atomically; returns the summary."""
+    out = Path(out)
+    atomic_write_text(out / "curves.csv", curves_table(study, results))
+    summary = summarise(study, results)
+    atomic_write_json(out / "summary.json", summary)
+    for name in study.datasets:
+        plot_study(study, results, name, out / f"{name}.png")
+    return summary
