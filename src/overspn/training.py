@@ -119,6 +119,12 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
+@torch.no_grad()
+def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    for target, source in zip(targets, sources):
+        target.copy_(source)
+
+
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -192,7 +198,9 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
 
     parameters = [p for p in model.parameters()]
+    # the parameters that gave the latest finite objective, restored when training diverges
     last_finite = [p.detach().clone() for p in parameters]
+    pending = [p.detach().clone() for p in parameters]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -216,21 +224,21 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
             for batch_number in range(num_batches):
                 batch = train_tensor[order[batch_number * settings.batch_size: (batch_number + 1) *
                                            settings.batch_size]]
-                for keep, parameter in zip(last_finite, parameters):
-                    keep.copy_(parameter.detach())
                 if optimizer is None:
+                    _copy(pending, parameters)  # em_step evaluates these parameters, then updates them
                     objective = model.em_step(batch, settings.learning_rate)
+                    if math.isfinite(objective):
+                        last_finite, pending = pending, last_finite
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     loss = -model.log_likelihood(batch).mean()
                     objective = -float(loss.detach())
                     if math.isfinite(objective):
+                        _copy(last_finite, parameters)
                         loss.backward()
                         optimizer.step()
                 if not math.isfinite(objective):
-                    with torch.no_grad():
-                        for keep, parameter in zip(last_finite, parameters):
-                            parameter.copy_(keep)
+                    _copy(parameters, last_finite)
                     raise DivergenceError(
                         f"training diverged in epoch {epoch} (batch {batch_number + 1} of {num_batches}): the "
                         f"log-likelihood became {objective}; the learning rate {settings.learning_rate:g} is likely "
@@ -243,6 +251,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
             model.eval()
             valid_llh = evaluate(model, valid_tensor, settings.eval_batch_size)
             if valid_llh is not None and not math.isfinite(valid_llh):
+                _copy(parameters, last_finite)
                 raise DivergenceError(f"training diverged in epoch {epoch}: the validation log-likelihood became "
                                       f"{valid_llh}; the learning rate {settings.learning_rate:g} is likely too large",
                                       epoch, result.history)
