@@ -181,6 +181,7 @@ def test_tracer_records_a_consistent_trajectory() -> None:
     assert set(snapshots) == {0, 12}
     np.testing.assert_allclose(trace.objective, trace.objective_shallow, rtol=1e-12)
     assert trace.objective[-1] > trace.objective[0]
+    assert not trace.clamped.any()  # weights far above the floor
     assert np.nanmax(trace.step_residuals("general")) < 1e-2
     assert np.nanmin(trace.step_residuals("paper")) > 0.05
     unrolled = trace.unrolled()
@@ -194,6 +195,19 @@ def test_tracer_records_a_consistent_trajectory() -> None:
     values, gradient, _ = tracer.state()
     np.testing.assert_allclose(values, trace.values[0], rtol=0)
     np.testing.assert_allclose(gradient, trace.gradients[0], rtol=1e-12)
+
+
+def test_tracer_marks_steps_held_by_the_floor() -> None:
+    """From the paper's start (every weight on the floor) the first step holds edges on the floor, and the
+    recorded change of a held component is the clamped one, not the gradient step."""
+    root = osp.mixture(NUM_VARS, 8, seed=2, root_weight=1e-4, perturbation=0.3)
+    tracer = Tracer(osp.overparametrize(root, (2, 2, 2), init=1e-4), _data(), lr=0.01, floor=1e-4)
+    trace, _ = tracer.run(3)
+    held = trace.clamped[0]
+    assert held.any() and np.all(trace.values >= 1e-4)
+    with np.errstate(divide="ignore"):  # a component held entirely does not move: its error is infinite
+        error = np.abs(trace.actual[0] - trace.general[0]) / np.abs(trace.actual[0])
+    assert np.max(error[held]) > 0.5
 
 
 def test_tracer_rejects_bad_options() -> None:

@@ -222,6 +222,7 @@ class Trace:
     actual: np.ndarray          # (T, K) w_k(t+1) - w_k(t) of the real (clamped) step
     general: np.ndarray         # (T, K) first-order prediction, general formula
     paper: np.ndarray           # (T, K) first-order prediction, the paper's formula
+    clamped: np.ndarray         # (T, K) bool: the floor stopped an edge of tree k in this step
 
     @property
     def iterations(self) -> int:
@@ -270,7 +271,7 @@ class Tracer:
         if not (math.isfinite(lr) and lr > 0):
             raise ConfigurationError(f"lr must be a finite number > 0, got {lr!r}")
         self.factorisation = factorise(root, limit)
-        self.lr = lr
+        self.lr, self.floor = lr, floor
         self.model = compile_spn(root, "raw", floor=floor, dtype=torch.float64)
         self.data = self.model.encode(data)
         self.optimiser = torch.optim.SGD(self.model.parameters(), lr=lr, maximize=True)
@@ -328,8 +329,14 @@ class Tracer:
 
         trace = Trace(self.lr, self.factorisation, values_, weights, np.array(gradients), np.array(objective),
                       np.array(objective_shallow), stack("rho"), stack("lam"), stack("rho_paper"),
-                      stack("rho_self"), stack("cross"), actual, stack("general"), stack("paper"))
+                      stack("rho_self"), stack("cross"), actual, stack("general"), stack("paper"),
+                      self._clamped(values_, stack("edge_gradient")))
         return trace, snapshots
+
+    def _clamped(self, values: np.ndarray, edge_gradients: np.ndarray) -> np.ndarray:
+        """``(T, K)``: an edge of tree k would have fallen below the floor and was held on it."""
+        held = (values[1:] == self.floor) & (values[:-1] + self.lr * edge_gradients < self.floor)
+        return (held.astype(np.int64) @ self.factorisation.incidence.T.astype(np.int64)) > 0
 
     def eta_scaling(self, etas: Sequence[float]) -> list[dict[str, float]]:
         """Residual of the first-order prediction for one unclamped gradient step (weights may leave the floor or

@@ -45,13 +45,14 @@ def dynamics_table(trace: Trace) -> str:
     unrolled, start = trace.unrolled(), trace.decayed_start()
     header = ["iteration", "component", "weight", "gradient", "rho", "lambda", "rho_paper", "rho_self", "cross",
               "actual_change", "predicted_change", "predicted_change_paper", "unrolled_weight", "decayed_start",
-              "objective"]
+              "clamped", "objective"]
     rows = []
     for t in range(trace.iterations):
         for k in range(trace.weights.shape[1]):
             rows.append([t, k, trace.weights[t, k], trace.gradients[t, k], trace.rho[t, k], trace.lam[t, k],
                          trace.rho_paper[t, k], trace.rho_self[t, k], trace.cross[t, k], trace.actual[t, k],
-                         trace.general[t, k], trace.paper[t, k], unrolled[t, k], start[t, k], trace.objective[t]])
+                         trace.general[t, k], trace.paper[t, k], unrolled[t, k], start[t, k], int(trace.clamped[t, k]),
+                         trace.objective[t]])
     return _csv(header, rows)
 
 
@@ -151,25 +152,41 @@ def summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: flo
                 "relative_residual_by_eta": {repr(r["eta"]): r["residual"] for r in rows},
             }
     step_residuals = {formula: trace.step_residuals(formula) for formula in ("general", "paper")}
+    # per component and step: where the floor held an edge the step is not a gradient step at all
+    free = ~trace.clamped
+    component_residual = {
+        formula: np.abs(trace.actual - predicted) / np.where(trace.actual != 0, np.abs(trace.actual), np.nan)
+        for formula, predicted in (("general", trace.general), ("paper", trace.paper))}
     on_floor = np.isclose(trace.values, floor, rtol=1e-9, atol=0.0)
-    unrolled = trace.unrolled()[-1]
-    final = trace.weights[-1]
+    unrolled_all = trace.unrolled()
+    unrolled, final = unrolled_all[-1], trace.weights[-1]
     return {
         "slopes": slopes,
         "training_steps": {
             formula: {"lr": lr, "median_relative_residual": float(np.nanmedian(r)),
                       "max_relative_residual": float(np.nanmax(r)),
                       "first_step_relative_residual": float(r[0]),
-                      "fraction_of_steps_above_0.1": float(np.mean(r[np.isfinite(r)] > 0.1))}
+                      "fraction_of_steps_above_0.1": float(np.mean(r[np.isfinite(r)] > 0.1)),
+                      "median_component_residual_free_steps": _nanmedian(component_residual[formula][free]),
+                      "median_component_residual_clamped_steps": _nanmedian(component_residual[formula][~free])}
             for formula, r in step_residuals.items()},
+        "fraction_of_component_steps_clamped": float(trace.clamped.mean()),
         "edges_on_floor": {"first_state": float(on_floor[0].mean()), "mean": float(on_floor.mean()),
                            "last_state": float(on_floor[-1].mean())},
         "unrolled_final_relative_error": float(np.linalg.norm(unrolled - final) / np.linalg.norm(final)),
+        "unrolled_relative_error_by_t": {
+            str(t): float(np.linalg.norm(unrolled_all[t] - trace.weights[t]) / np.linalg.norm(trace.weights[t]))
+            for t in sorted({1, 2, 5, 10, 20, 50, 100, trace.iterations}) if t <= trace.iterations},
         "decayed_start_share_of_final_weight": float(np.linalg.norm(trace.decayed_start()[-1])
                                                      / np.linalg.norm(final)),
         "deep_minus_shallow_objective_max": float(np.max(np.abs(trace.objective - trace.objective_shallow))),
         "objective_first": float(trace.objective[0]), "objective_last": float(trace.objective[-1]),
     }
+
+
+def _nanmedian(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else math.nan
 
 
 def handle(args: argparse.Namespace) -> int:
