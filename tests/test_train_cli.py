@@ -121,7 +121,7 @@ def test_cli_writes_metrics_curves_and_a_loadable_model(splits: dict[str, Path],
         assert key in metrics
     assert metrics["epochs"] == 3 and metrics["structure"]["leaf"] == "bernoulli"
     lines = (out / "curves.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_llh,valid_llh,seconds" and len(lines) == 4
+    assert lines[0] == "epoch,train_llh,valid_llh,cpu_seconds,seconds" and len(lines) == 4
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = osp.load(out / "model.ospn")
     test = np.loadtxt(splits["test"], delimiter=",")
@@ -170,7 +170,7 @@ def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_pa
     second = json.loads((resumed / "metrics.json").read_text())
     for key in ("train_llh", "valid_llh", "test_llh", "epochs", "best_epoch", "num_params"):
         assert first[key] == second[key], key
-    curves = [[line.rsplit(",", 1)[0] for line in (folder / "curves.csv").read_text().splitlines()]
+    curves = [[line.rsplit(",", 2)[0] for line in (folder / "curves.csv").read_text().splitlines()]
               for folder in (reference, resumed)]
     assert curves[0] == curves[1] and len(curves[0]) == epochs + 1  # identical apart from the timings
     first_model, second_model = osp.load(reference / "model.ospn"), osp.load(resumed / "model.ospn")

@@ -7,11 +7,12 @@ distributions (a product of univariate leaves, one per variable of the region); 
 (the cross product). The root is one sum over the products of the top split of every repetition.
 
 :class:`RatSPN` evaluates this structure with tensors shaped ``(batch, repetitions, regions, channels)``: a leaf
-layer (one log-density per variable, repetition and input, then a padded gather that adds the variables of each
-region), then one "einsum" layer per level that forms the cross products and mixes them in a single batched matrix
-product. Memory stays that of one level at a time. :meth:`RatSPN.to_structure` returns the same network as symbolic
-nodes, so :func:`overspn.compile` evaluates it with the generic engine (and :func:`overspn.save` stores it);
-:func:`rat_spn` builds that symbolic structure directly.
+layer (for discrete leaves one matrix product of the one-hot data with the regions' log-probability tables, for
+Gaussian leaves per-variable log-densities summed per region), then one "einsum" layer per level that forms the
+cross products and mixes them in a single batched matrix product. Memory stays that of one level at a time.
+:meth:`RatSPN.to_structure` returns the same network as symbolic nodes, so :func:`overspn.compile` evaluates it
+with the generic engine (and :func:`overspn.save` stores it); :func:`rat_spn` builds that symbolic structure
+directly.
 """
 
 from __future__ import annotations
@@ -266,26 +267,23 @@ class RatSPN(nn.Module):
 
         Expected counts come from autograd: for a sum weight, w times the gradient of the batch log-likelihood with
         respect to w; for an input distribution, the gradient with respect to its log-density (its posterior). The
-        batch's maximum-likelihood parameters are mixed into the current ones with weight ``step_size``
-        (``pseudo_count`` rows of the current parameters keep unvisited nodes where they are).
+        batch's maximum-likelihood parameters are mixed into the current ones with weight ``step_size``;
+        ``pseudo_count`` is added to every count (Laplace smoothing), so that no weight or probability reaches 0.
         """
         if self.parametrisation != "softmax":
             raise ConfigurationError(f"EM keeps sum weights normalised: use weights='softmax', not "
                                      f"{self.parametrisation!r}")
         values = self.check_data(x)
+        # detached copies of the parameters as the leaves of the graph: their gradients are the expected counts
         with torch.no_grad():
-            table = None if self.config.leaf == "gaussian" else self.leaf_log_table()
-            regions = self._region_inputs(values, table)
+            discrete = self.config.leaf != "gaussian"
+            leaf_input = self.leaf_log_table() if discrete else self._region_inputs(values, None)
             weights = [torch.softmax(parameter, dim=-1) for parameter in self.sum_weights]
             root = torch.softmax(self.root_weights, dim=0)
-        leaf_input = (table if table is not None else regions).requires_grad_()
-        weights = [w.requires_grad_() for w in weights]
-        root.requires_grad_()
+        for tensor in [leaf_input, *weights, root]:
+            tensor.requires_grad_()
         with torch.enable_grad():
-            if table is not None:
-                regions = self._region_inputs(values, leaf_input)
-            else:
-                regions = leaf_input
+            regions = self._region_inputs(values, leaf_input) if discrete else leaf_input
             llh = self._evaluate(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
                                  torch.log(root))
             mean = float(llh.detach().mean())
@@ -294,7 +292,7 @@ class RatSPN(nn.Module):
             grads = torch.autograd.grad(llh.sum(), [leaf_input, *weights, root])
         with torch.no_grad():
             for parameter, w, grad in zip([*self.sum_weights, self.root_weights], [*weights, root], grads[1:]):
-                counts = w * grad + pseudo_count * w
+                counts = w * grad + pseudo_count
                 updated = (1 - step_size) * w + step_size * counts / counts.sum(dim=-1, keepdim=True)
                 parameter.copy_(torch.log(updated))
             self._em_inputs(values, grads[0], step_size, pseudo_count)
@@ -302,11 +300,11 @@ class RatSPN(nn.Module):
 
     def _em_inputs(self, x: torch.Tensor, grad: torch.Tensor, step_size: float, pseudo_count: float) -> None:
         if self.config.leaf == "bernoulli":
-            counts = grad + pseudo_count * torch.exp(self.leaf_log_table())  # (D, 2, R, I)
+            counts = grad + pseudo_count  # (D, 2, R, I)
             p = (1 - step_size) * torch.sigmoid(self.logit) + step_size * counts[:, 1] / counts.sum(dim=1)
             self.logit.copy_(torch.logit(p.clamp(1e-6, 1 - 1e-6)))
         elif self.config.leaf == "categorical":
-            counts = grad + pseudo_count * torch.exp(self.leaf_log_table())  # (D, C, R, I)
+            counts = grad + pseudo_count  # (D, C, R, I)
             probs = ((1 - step_size) * torch.softmax(self.logits, dim=-1)
                      + step_size * (counts / counts.sum(dim=1, keepdim=True)).permute(0, 2, 3, 1))
             self.logits.copy_(torch.log(probs.clamp_min(1e-12)))

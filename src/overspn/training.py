@@ -76,13 +76,15 @@ class TrainSettings:
 @dataclass
 class TrainResult:
     """What a run did. ``history`` has one entry per epoch: epoch, train_llh (mean over its batches), valid_llh
-    (None without validation data) and seconds (cumulative). The model holds the best parameters on return."""
+    (None without validation data), seconds and cpu_seconds (cumulative wall-clock and processor time of this
+    process; they differ on a busy machine). The model holds the best parameters on return."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_valid_llh: float | None = None
     epochs: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     stop_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
     if len(train_tensor) == 0:
         raise ConfigurationError("the training data has no rows")
     if hasattr(model, "check_data"):
-        model.check_data(train_tensor[:1])
+        model.check_data(train_tensor)  # a bad value is named before any time is spent
     optimizer = _make_optimizer(model, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     full_fingerprint = {**settings.fingerprint(), **(fingerprint or {})}
@@ -181,6 +183,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
         result.history = list(saved["history"])
         result.best_epoch, result.best_valid_llh = saved["best_epoch"], saved["best_valid_llh"]
         result.epochs, result.seconds, bad_epochs = saved["epochs"], saved["seconds"], saved["bad_epochs"]
+        result.cpu_seconds = saved["cpu_seconds"]
         # a run stopped by its epoch count or time budget goes on when the command is repeated with larger ones
         result.stop_reason = saved["stop_reason"] if saved["stop_reason"] == "early stopping" else ""
 
@@ -193,6 +196,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
             "optimizer": optimizer.state_dict() if optimizer is not None else {}, "generator": generator.get_state(),
             "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
             "best_valid_llh": result.best_valid_llh, "epochs": result.epochs, "seconds": result.seconds,
+            "cpu_seconds": result.cpu_seconds,
             "bad_epochs": bad_epochs, "stop_reason": result.stop_reason,
         }, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
@@ -208,6 +212,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
         bar = tqdm(total=settings.epochs, initial=min(result.epochs, settings.epochs), unit="epoch",
                    dynamic_ncols=True)
     started = time.perf_counter() - result.seconds
+    cpu_started = time.process_time() - result.cpu_seconds
     num_batches = math.ceil(len(train_tensor) / settings.batch_size)
     try:
         while not result.stop_reason:
@@ -257,13 +262,15 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                                       epoch, result.history)
             result.epochs = epoch
             result.seconds = time.perf_counter() - started
+            result.cpu_seconds = time.process_time() - cpu_started
             improved = valid_llh is None or result.best_valid_llh is None or valid_llh > result.best_valid_llh
             if improved:
                 best_state = _state_copy(model)
                 result.best_epoch, result.best_valid_llh, bad_epochs = epoch, valid_llh, 0
             else:
                 bad_epochs += 1
-            entry = {"epoch": epoch, "train_llh": total / rows, "valid_llh": valid_llh, "seconds": result.seconds}
+            entry = {"epoch": epoch, "train_llh": total / rows, "valid_llh": valid_llh, "seconds": result.seconds,
+                     "cpu_seconds": result.cpu_seconds}
             result.history.append(entry)
             if bad_epochs >= settings.patience:
                 result.stop_reason = "early stopping"

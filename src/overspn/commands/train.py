@@ -83,10 +83,11 @@ def _load_data(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray | 
 
 
 def _write_curves(out: Path, history: list[dict[str, Any]]) -> None:
-    lines = ["epoch,train_llh,valid_llh,seconds"]
+    lines = ["epoch,train_llh,valid_llh,cpu_seconds,seconds"]
     for entry in history:
         valid = "" if entry["valid_llh"] is None else f"{entry['valid_llh']:.6f}"
-        lines.append(f"{entry['epoch']},{entry['train_llh']:.6f},{valid},{entry['seconds']:.3f}")
+        lines.append(f"{entry['epoch']},{entry['train_llh']:.6f},{valid},{entry['cpu_seconds']:.3f},"
+                     f"{entry['seconds']:.3f}")
     atomic_write_text(out / "curves.csv", "\n".join(lines) + "\n")
     import matplotlib
 
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "valid_llh": evaluate(model, valid_data),
         "test_llh": evaluate(model, test_data),
         "seconds": result.seconds,
+        "cpu_seconds": result.cpu_seconds,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,

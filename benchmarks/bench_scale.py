@@ -1,0 +1,107 @@
+"""Time per training epoch of a RAT-SPN as its parameters grow (10^4 -> 10^6) and as the batch grows.
+
+Data: 2,000 random binary rows over 100 variables (the width of baudio, jester and bnetflix). Model: depth 3,
+10 repetitions, ``K`` sums and ``K`` inputs per region, Bernoulli leaves, softmax weights, float32; an epoch is
+shuffling plus one Adam step per batch (forward, backward, step). For the two smallest sizes the same structure
+compiled by the generic engine (``osp.compile(model.to_structure())``) is timed as a baseline, after checking that
+both give the same log-likelihoods. Medians over ``--repeats`` epochs after one warm-up epoch are printed and written
+to ``benchmarks/results/scale.json``, with ratios generic / tensorised.
+
+    python benchmarks/bench_scale.py [--threads 1] [--repeats 3] [--out benchmarks/results/scale.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from overspn.atomic import atomic_write_json
+from overspn.rat import RatConfig, RatSPN
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_VARS, ROWS, DEPTH, REPETITIONS = 100, 2000, 3, 10
+SIZES = (5, 10, 15, 20, 25)  # sums = inputs per region: about 1.3e4 to 9.7e5 parameters
+BATCH_SIZES = (10, 50, 100, 500, 1000)
+GENERIC_SIZES = (5, 10)
+
+
+def epoch_seconds(model: torch.nn.Module, data: torch.Tensor, batch_size: int, repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` epochs of Adam on ``data``, after one warm-up epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for repeat in range(repeats + 1):
+        started = time.perf_counter()
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = -model.log_likelihood(data[order[start: start + batch_size]]).mean()
+            loss.backward()
+            optimizer.step()
+        if repeat > 0:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = torch.from_numpy((np.random.default_rng(0).random((ROWS, NUM_VARS)) < 0.3).astype(np.float32))
+
+    by_size = []
+    for size in SIZES:
+        model = RatSPN(RatConfig(NUM_VARS, DEPTH, REPETITIONS, size, size, seed=0))
+        generic = model.to_compiled() if size in GENERIC_SIZES else None
+        if generic is not None:
+            with torch.no_grad():
+                difference = float((generic.log_likelihood(data[:200]) - model.log_likelihood(data[:200])).abs().max())
+            if difference > 1e-3:
+                raise SystemExit(f"generic and tensorised paths disagree by {difference} at size {size}")
+        times = epoch_seconds(model, data, 100, args.repeats)
+        entry = {"sums": size, "inputs": size, "num_params": model.num_parameters(),
+                 "epoch_seconds_median": statistics.median(times), "epoch_seconds": times}
+        if generic is not None:
+            generic_times = epoch_seconds(generic, data, 100, args.repeats)
+            entry["generic_epoch_seconds_median"] = statistics.median(generic_times)
+            entry["generic_over_tensorised"] = entry["generic_epoch_seconds_median"] / entry["epoch_seconds_median"]
+        by_size.append(entry)
+        ratio = (f", generic engine {entry['generic_epoch_seconds_median']:.3f} s "
+                 f"({entry['generic_over_tensorised']:.1f}x)" if "generic_over_tensorised" in entry else "")
+        print(f"K = I = {size:3d}: {entry['num_params']:9d} parameters, {entry['epoch_seconds_median']:.3f} s per "
+              f"epoch of {ROWS} rows (batch 100){ratio}", flush=True)
+
+    by_batch = []
+    model = RatSPN(RatConfig(NUM_VARS, DEPTH, REPETITIONS, 10, 10, seed=0))
+    for batch_size in BATCH_SIZES:
+        times = epoch_seconds(model, data, batch_size, args.repeats)
+        median = statistics.median(times)
+        by_batch.append({"batch_size": batch_size, "epoch_seconds_median": median, "epoch_seconds": times,
+                         "rows_per_second": ROWS / median})
+        print(f"batch {batch_size:5d}: {median:.3f} s per epoch, {ROWS / median:,.0f} rows/s "
+              f"({model.num_parameters()} parameters)", flush=True)
+
+    atomic_write_json(args.out, {
+        "benchmark": "RAT-SPN epoch time against parameters and batch size",
+        "data": {"rows": ROWS, "variables": NUM_VARS, "kind": "random binary"},
+        "structure": {"depth": DEPTH, "repetitions": REPETITIONS, "leaf": "bernoulli", "weights": "softmax",
+                      "dtype": "float32"},
+        "optimizer": "adam", "threads": args.threads, "repeats": args.repeats,
+        "load_average_at_end": os.getloadavg(), "torch": torch.__version__, "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "by_size": by_size, "by_batch_size": by_batch,
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
