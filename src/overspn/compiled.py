@@ -198,7 +198,7 @@ class DiscreteInputs(nn.Module):
         scaled = torch.exp(log_w - shift)
         per_state = scaled.new_zeros((len(log_w), card + 2)).scatter_add(1, values, scaled)[:, :card]
         total = scaled.sum(dim=1, keepdim=True)
-        return torch.cat([torch.log(per_state), torch.log(total)], dim=1) + shift
+        return torch.cat([_log_or_minus_inf(per_state), torch.log(total)], dim=1) + shift
 
 
 class GaussianInputs(nn.Module):
@@ -325,11 +325,17 @@ class TabularProductLayer(nn.Module):
         return (onehot @ finite).masked_fill(hits > 0, -math.inf)
 
 
+def _log_or_minus_inf(values: torch.Tensor) -> torch.Tensor:
+    """log of non-negative ``values`` whose gradient is 0, not 0 / 0 = NaN, where a value is 0 (log = -inf)."""
+    positive = values > 0
+    return torch.where(positive, torch.log(torch.where(positive, values, torch.ones_like(values))), -math.inf)
+
+
 def logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """Log-sum-exp that stays finite-gradient when a row is entirely -inf (its value is -inf, its gradient 0)."""
     shift = scores.amax(dim=dim, keepdim=True).detach()
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    return torch.log(torch.exp(scores - shift).sum(dim=dim)) + shift.squeeze(dim)
+    return _log_or_minus_inf(torch.exp(scores - shift).sum(dim=dim)) + shift.squeeze(dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -396,6 +402,8 @@ class CompiledSPN(nn.Module):
             if leaf.is_discrete:
                 cardinality[leaf.var] = max(cardinality[leaf.var], leaf.cardinality)  # type: ignore[attr-defined]
         self.register_buffer("var_cardinality", torch.from_numpy(cardinality), persistent=False)
+        # Carries the dtype (and follows .to(dtype)) even when the model has no parameters, e.g. only indicators.
+        self.register_buffer("dtype_anchor", torch.zeros(0, dtype=dtype), persistent=False)
         card = max(2, int(cardinality.max()))
         self.cardinality = card
 
@@ -504,9 +512,7 @@ class CompiledSPN(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        for tensor in self.parameters():
-            return tensor.dtype
-        return self.var_cardinality.new_zeros(0, dtype=torch.get_default_dtype()).dtype
+        return self.dtype_anchor.dtype
 
     @property
     def device(self) -> torch.device:

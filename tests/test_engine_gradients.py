@@ -1,0 +1,139 @@
+"""Gradients of the compiled log-likelihood against float64 finite differences, and the floor of raw weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import RandomStructure, all_states, structures
+
+import overspn as osp
+
+PARAMETRISATIONS = ("raw", "log", "softmax")
+
+
+def finite_difference_gradient(loss: Callable[[], torch.Tensor], parameter: torch.Tensor,
+                               step: float = 1e-6) -> torch.Tensor:
+    """Central differences of ``loss()`` with respect to every entry of ``parameter`` (changed in place, restored)."""
+    gradient = torch.zeros_like(parameter)
+    flat = parameter.data.view(-1)
+    with torch.no_grad():
+        for i in range(flat.numel()):
+            original = flat[i].item()
+            flat[i] = original + step
+            up = loss().item()
+            flat[i] = original - step
+            down = loss().item()
+            flat[i] = original
+            gradient.view(-1)[i] = (up - down) / (2 * step)
+    return gradient
+
+
+def check_gradients(model: osp.CompiledSPN, data: np.ndarray) -> dict[str, torch.Tensor]:
+    encoded = model.encode(data)
+
+    def loss() -> torch.Tensor:
+        return -model.log_likelihood(encoded).mean()
+
+    if not list(model.parameters()):  # e.g. only indicators: nothing to differentiate
+        return {}
+    model.zero_grad()
+    loss().backward()
+    gradients = {}
+    for name, parameter in model.named_parameters():
+        expected = finite_difference_gradient(loss, parameter)
+        assert parameter.grad is not None, name
+        torch.testing.assert_close(parameter.grad, expected, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        gradients[name] = parameter.grad.clone()
+    return gradients
+
+
+def possible_rows(structure: RandomStructure, rng: np.random.Generator, rows: int) -> np.ndarray:
+    """Random complete states of non-zero probability, some entries then set missing."""
+    states = all_states(structure.cardinalities)
+    model = osp.compile(structure.root, dtype=torch.float64)
+    possible = states[np.isfinite(model.log_unnormalised(states).detach().numpy())]
+    data = possible[rng.integers(0, len(possible), size=rows)]
+    data[rng.random(data.shape) < 0.25] = np.nan
+    return data
+
+
+@settings(max_examples=15)
+@given(structure=structures(max_vars=5), weights=st.sampled_from(PARAMETRISATIONS), seed=st.integers(0, 2**32 - 1))
+def test_gradients_match_finite_differences(structure: RandomStructure, weights: str, seed: int) -> None:
+    data = possible_rows(structure, np.random.default_rng(seed), rows=12)
+    for fast in (True, False):  # the two paths lay parameters out differently; each is checked on its own
+        model = osp.compile(structure.root, weights, dtype=torch.float64, num_vars=structure.num_vars, fast=fast)
+        check_gradients(model, data)
+
+
+@pytest.mark.parametrize("weights", PARAMETRISATIONS)
+def test_gradients_of_gaussian_and_discrete_leaf_parameters(weights: str) -> None:
+    components = [
+        osp.Product([osp.Gaussian(0, -0.5, 0.8), osp.Bernoulli(1, 0.3), osp.Categorical(2, [0.2, 0.5, 0.3])]),
+        osp.Product([osp.Gaussian(0, 1.0, 1.7), osp.Bernoulli(1, 0.6),
+                     osp.Sum([osp.Indicator(2, 0), osp.Indicator(2, 2)], [0.4, 1.3])]),
+    ]
+    model = osp.compile(osp.Sum(components, [0.7, 1.2]), weights, dtype=torch.float64)
+    names = {name for name, _ in model.named_parameters()}
+    assert {"gaussian.mean", "gaussian.log_std", "discrete.bernoulli_logit", "discrete.categorical_logits"} <= names
+    rng = np.random.default_rng(4)
+    data = np.stack([rng.normal(0, 1.5, 20), rng.integers(0, 2, 20), rng.choice([0, 2], 20)], axis=1)
+    data[rng.random(data.shape) < 0.2] = np.nan
+    gradients = check_gradients(model, data)
+    assert all(bool(torch.any(g != 0)) for g in gradients.values())
+
+
+def test_sgd_step_keeps_raw_weights_at_or_above_the_floor() -> None:
+    floor = 1e-3
+    indicator_sums = [osp.Sum([osp.Indicator(d, 0), osp.Indicator(d, 1)], [0.5, 0.5]) for d in range(3)]
+    components = [osp.Product(indicator_sums), osp.Product([osp.Bernoulli(d, 0.9) for d in range(3)])]
+    model = osp.compile(osp.Sum(components, [0.01, 1.0]), "raw", floor=floor, dtype=torch.float64)
+    raw = [p for p in model.parameters() if hasattr(p, "overspn_floor")]
+    assert len(raw) == 2 and all(p.overspn_floor == floor for p in raw)
+    data = np.ones((10, 3))
+    (-model.log_likelihood(data).mean()).backward()
+    # a learning rate large enough to push the weight of each group with the largest gradient below the floor
+    learning_rate = 2 * max(float(((p.detach() - floor) / p.grad)[p.grad > 0].min()) for p in raw)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    unclamped = [(p - learning_rate * p.grad).detach() for p in raw]
+    # the plain step would push some weights of both sum groups below the floor, even below zero
+    assert all(bool((u < floor).any()) for u in unclamped)
+    optimizer.step()
+    for parameter, target in zip(raw, unclamped):
+        assert bool((parameter >= floor).all())
+        torch.testing.assert_close(parameter.detach(), target.clamp(min=floor), rtol=0, atol=0)
+    assert bool(torch.isfinite(model.log_likelihood(data)).all())
+
+
+def test_clamp_to_floor_projects_only_raw_weights() -> None:
+    root = osp.Sum([osp.Bernoulli(0, 0.5), osp.Bernoulli(0, 0.2)], [1.0, 2.0])
+    raw = osp.compile(root, "raw", floor=0.25)
+    logits = osp.compile(root, "log", floor=0.25)
+    with torch.no_grad():
+        for model in (raw, logits):
+            for parameter in model.parameters():
+                parameter.fill_(-3.0)
+    osp.clamp_to_floor(raw)
+    osp.clamp_to_floor(logits)
+    assert torch.equal(raw.layers[0].weights.param, torch.full((2,), 0.25))
+    assert torch.equal(raw.discrete.bernoulli_logit, torch.full((2,), -3.0))  # leaf logits are unconstrained
+    assert all(torch.equal(p, torch.full_like(p, -3.0)) for p in logits.parameters())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("weights", PARAMETRISATIONS)
+def test_impossible_branches_get_zero_not_nan_gradients(weights: str, fast: bool) -> None:
+    """A sum with no possible child for a row, and an indicator sum without a state, contribute log 0 = -inf."""
+    only_state_0 = osp.Sum([osp.Indicator(1, 0)], [0.7], name="only_state_0")  # zero for x1 = 1
+    inner = osp.Sum([osp.Product([osp.Indicator(0, 0), osp.Bernoulli(1, 0.3)]),
+                     osp.Product([osp.Indicator(0, 0), only_state_0])], [1.0, 2.0], name="inner")  # zero for x0 = 1
+    other = osp.Product([osp.Indicator(0, 1), osp.Bernoulli(1, 0.8)])
+    model = osp.compile(osp.Sum([inner, other], [0.5, 1.5]), weights, dtype=torch.float64, fast=fast)
+    data = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]])
+    check_gradients(model, data)
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
