@@ -278,11 +278,22 @@ API_CASES = [
     Case("NaN parameters", lambda d: osp.load(rewritten_model(d, parameters_set_to(np.nan))), ModelFileError,
          ("parameter", "NaN")),
     Case("parameters making a negative weight", lambda d: osp.load(rewritten_model(d, parameters_set_to(-3.0))),
-         ModelFileError, ("not make a valid model", "negative weight -3.0")),
+         ModelFileError, ("changed.ospn", "not make a usable model", "negative weights")),
+    Case("zero partition function", lambda d: osp.load(rewritten_model(d, parameters_set_to(0.0))), ModelFileError,
+         ("changed.ospn", "log partition function is -inf")),
+    Case("saving a diverged model", lambda d: osp.save(diverged_model(), d / "out.ospn"), ModelFileError,
+         ("cannot save", "out.ospn", "'gaussian.log_std'", "NaN")),
     Case("missing parameter", lambda d: osp.load(rewritten_model(
         d, lambda entry, content: None if entry.endswith(".npy") else content)), ModelFileError,
          ("parameter", "missing")),
 ]
+
+
+def diverged_model() -> osp.CompiledSPN:
+    model = small_model()
+    with torch.no_grad():
+        model.gaussian.log_std.fill_(np.nan)
+    return model
 
 
 def write_bytes(path: Path, content: bytes) -> Path:

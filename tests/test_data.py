@@ -264,6 +264,24 @@ def test_writing_onto_a_folder_fails_cleanly(tmp_path: Path) -> None:
     assert _leftovers(tmp_path, {"out"}) == []
 
 
+def test_saturated_parameters_save_and_load_exactly(tmp_path: Path) -> None:
+    """Trained to the edge (p rounds to 1, a probability underflows to 0, std to 0), the model still round-trips."""
+    import torch
+
+    leaves = [osp.Bernoulli(0, 0.3), osp.Categorical(1, [0.2, 0.3, 0.5]), osp.Gaussian(2, 0.0, 1.0)]
+    model = osp.compile(osp.Product(leaves), dtype=torch.float64)
+    with torch.no_grad():
+        model.discrete.bernoulli_logit.fill_(45.0)
+        model.discrete.categorical_logits[0, 0] = -800.0
+        model.gaussian.log_std.fill_(-750.0)
+    osp.save(model, tmp_path / "edge.ospn")
+    loaded = osp.load(tmp_path / "edge.ospn")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    x = np.array([[1.0, 2.0, np.nan], [0.0, 1.0, np.nan]])
+    np.testing.assert_array_equal(loaded.log_likelihood(x).detach(), model.log_likelihood(x).detach())
+
+
 def test_loading_never_unpickles(tmp_path: Path) -> None:
     """A model file whose parameter is a pickled object array is rejected, and the pickle is never run."""
     import io

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
-from .compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, compile
+from .compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, SumWeights, compile
 from .errors import ModelFileError, OverspnError
-from .structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order, validate
+from .structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order
 
 __all__ = ["save", "load", "structure_to_dict", "structure_from_dict"]
 
@@ -113,7 +114,14 @@ def _numbers(value: Any, number: int, field: str) -> Any:
 
 
 def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` (structure, options and exact parameter values) to ``path`` atomically."""
+    """Write ``model`` (structure, options and exact parameter values) to ``path`` atomically.
+
+    Raises ModelFileError, writing nothing, when the parameters are not those of a usable model (NaN, a negative
+    raw weight, a zero partition function: e.g. after training diverged), since such a file could not be loaded.
+    """
+    problem = _parameter_problem(model)
+    if problem is not None:
+        raise ModelFileError(f"cannot save the model to {path}: {problem}")
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -122,7 +130,7 @@ def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
         "dtype": str(model.dtype).removeprefix("torch."),
         "num_vars": model.num_vars,
         "fast": model.fast,
-        "structure": structure_to_dict(model.to_structure()),
+        "structure": _header_structure(model),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -137,9 +145,9 @@ def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
 def load(path: str | os.PathLike[str]) -> CompiledSPN:
     """Read a model written by :func:`save`. Never unpickles; raises ModelFileError for a bad file.
 
-    Beyond the format and version, every field of the header is type-checked and the parameters must be finite
-    floats of the expected shapes that make a valid structure (e.g. no negative or NaN weight), so a damaged file
-    cannot load into a model that silently returns NaN.
+    Beyond the format and version, every field of the header is type-checked and the parameters must be floats of
+    the expected shapes that make a usable model (no NaN, no negative raw weight, a finite partition function), so a
+    damaged file cannot load into a model that silently returns NaN.
     """
     path = Path(path)
     if not path.is_file():
@@ -201,15 +209,53 @@ def _load_archive(path: Path, archive: zipfile.ZipFile) -> CompiledSPN:
         if tuple(array.shape) != tuple(expected.shape):
             raise ModelFileError(
                 f"{path}: parameter {key!r} has shape {array.shape}, expected {tuple(expected.shape)}")
-        if np.any(np.isnan(array)) or np.any(array == np.inf):
-            raise ModelFileError(f"{path}: parameter {key!r} holds NaN or +inf values")
         state[key] = torch.from_numpy(array).to(expected.dtype)
     model.load_state_dict(state)
-    try:
-        validate(model.to_structure())
-    except OverspnError as error:
-        raise ModelFileError(f"{path}: the stored parameters do not make a valid model: {error}") from error
+    problem = _parameter_problem(model)
+    if problem is not None:
+        raise ModelFileError(f"{path}: the stored parameters do not make a usable model: {problem}")
     return model
+
+
+def _header_structure(model: CompiledSPN) -> dict[str, Any]:
+    """The structure for the header. Its leaf parameters only shape the model (the exact values are the stored
+    tensors), so values that rounded onto the edge of their range (p = 1 from a large logit, std = 0 from a very
+    negative log-std) are moved just inside it, where the structure validates."""
+    description = structure_to_dict(model.to_structure())
+    for entry in description["nodes"]:
+        if entry["type"] == "Bernoulli":
+            entry["p"] = min(max(entry["p"], _SMALLEST), _BELOW_ONE)
+        elif entry["type"] == "Categorical":
+            probs = np.maximum(np.asarray(entry["probs"]), _SMALLEST)
+            entry["probs"] = (probs / probs.sum()).tolist()
+        elif entry["type"] == "Gaussian":
+            entry["std"] = min(max(entry["std"], _SMALLEST), sys.float_info.max)
+    return description
+
+
+_SMALLEST = float(np.nextafter(0.0, 1.0))
+_BELOW_ONE = float(np.nextafter(1.0, 0.0))
+
+
+def _parameter_problem(model: CompiledSPN) -> str | None:
+    """What makes the parameters of ``model`` unusable, or None: NaN or +inf anywhere, -inf outside log-weights,
+    negative raw weights, or a partition function that is zero or not finite."""
+    weights = {id(module.param) for module in model.modules() if isinstance(module, SumWeights)}
+    for name, parameter in model.named_parameters():
+        values = parameter.detach()
+        if bool(torch.isnan(values).any()) or bool((values == math.inf).any()):
+            return f"parameter {name!r} holds NaN or +inf values"
+        if id(parameter) in weights and model.parametrisation == "raw":
+            if bool((values < 0).any()):
+                return f"parameter {name!r} holds negative weights (raw weights must be >= 0)"
+        elif id(parameter) not in weights and bool((values == -math.inf).any()):
+            return f"parameter {name!r} holds -inf values"
+    with torch.no_grad():
+        log_partition = float(model.log_partition())
+    if not math.isfinite(log_partition):
+        return (f"its log partition function is {log_partition} (a sum node whose weights are all zero, or "
+                "parameters that overflow)")
+    return None
 
 
 def _is_int(value: Any) -> bool:
