@@ -108,19 +108,25 @@ def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> 
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
     actual = trace.actual.ravel()
-    panels = ((axes[0], trace.general, "general formula"), (axes[1], trace.paper, "paper's formula"))
+    held = trace.clamped.ravel()
+    panels = ((axes[0], trace.general.ravel(), "general formula"), (axes[1], trace.paper.ravel(), "paper's formula"))
     for axis, predicted, name in panels:
-        axis.scatter(actual, predicted.ravel(), s=4, alpha=0.4)
-        finite = np.concatenate([actual, predicted.ravel()])
-        finite = finite[np.isfinite(finite)]
-        bound = float(np.max(np.abs(finite))) if finite.size else 1.0
-        axis.plot([-bound, bound], [-bound, bound], color="grey", linewidth=0.8)
-        threshold = max(float(np.min(np.abs(actual[actual != 0]))) if np.any(actual != 0) else 1e-30, 1e-300)
-        axis.set_xscale("symlog", linthresh=threshold)
-        axis.set_yscale("symlog", linthresh=threshold)
-        axis.set_xlabel("actual change w_k(t+1) - w_k(t)")
+        moved = (actual != 0) & (predicted != 0)
+        agree = np.sign(actual) == np.sign(predicted)
+        for mask, colour, label in ((moved & ~held & agree, "tab:blue", "free step, same sign"),
+                                    (moved & ~held & ~agree, "tab:orange", "free step, opposite sign"),
+                                    (moved & held, "tab:red", "step held by the floor")):
+            axis.scatter(np.abs(actual[mask]), np.abs(predicted[mask]), s=4, alpha=0.4, color=colour, label=label)
+        magnitudes = np.abs(np.concatenate([actual[moved], predicted[moved]]))
+        if magnitudes.size:
+            low, high = float(magnitudes.min()), float(magnitudes.max())
+            axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("|actual change w_k(t+1) - w_k(t)|")
         axis.set_title(name, fontsize=9)
-    axes[0].set_ylabel("first-order prediction")
+    axes[0].set_ylabel("|first-order prediction|")
+    axes[0].legend(fontsize=7, markerscale=3)
     figure.suptitle(title, fontsize=9)
     _save(figure, out / "predicted_vs_actual.png")
 
