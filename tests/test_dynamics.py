@@ -257,7 +257,8 @@ def test_compare_command_summarises_and_resumes(tmp_path: Path, monkeypatch: pyt
     _fake_dataset(monkeypatch, "compare")
     out = tmp_path / "cmp"
     arguments = ["compare", "--protocol", "paper", "--iterations", "4", "--seeds", "2",
-                 "--methods", "gd,momentum,deep3,depth3-shared", "--out", str(out)]
+                 "--methods", "gd,momentum,deep3,depth3-shared", "--timing-steps", "1", "--timing-rounds", "1",
+                 "--out", str(out)]
     assert main(arguments) == 0
     results = json.loads((out / "comparison.json").read_text())
     rows = {row["method"]: row for row in results[0]["rows"]}
@@ -268,7 +269,8 @@ def test_compare_command_summarises_and_resumes(tmp_path: Path, monkeypatch: pyt
     assert rows["gd"]["reached"] >= 1 and rows["gd"]["iterations_to_target"] <= 4
     assert "| gradient ascent |" in (out / "comparison.md").read_text()
     stored = sorted(p.name for p in (out / "runs").iterdir())
-    assert len(stored) == 8
+    assert len(stored) == 8 + 1  # one file per run, and the timing
+    assert all(row["ms_per_iteration"] > 0 for row in rows.values())
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     assert main(arguments) == 0  # resumes: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before
