@@ -244,6 +244,10 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
     """Run (or resume) every run of ``study``, writing into ``out``; returns the results in a fixed order."""
     out = Path(out)
     _check_settings(out, study)
+    for folder in (out / "runs", out / "checkpoints"):
+        # temporary files of an atomic write interrupted by a kill (".NAME.RANDOM.tmp.SUFFIX"); never read
+        for leftover in folder.glob(".*.tmp*") if folder.is_dir() else ():
+            leftover.unlink(missing_ok=True)
     datasets = {name: load_study_data(name, data_dir, study.max_rows) for name in study.datasets}
     for dataset in datasets.values():
         _check_leaf(study, dataset)

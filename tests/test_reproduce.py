@@ -1,0 +1,224 @@
+"""The depth study and ``overspn reproduce``: symmetry, outputs, summary arithmetic, resumption after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import overspn as osp
+from overspn.cli import main
+from overspn.errors import ConfigurationError, DataError
+from overspn.experiments import (
+    BRANCHINGS,
+    TARGET_GAP,
+    RunResult,
+    build_model,
+    protocol_study,
+    run_study,
+    summarise,
+)
+from overspn.learning import History, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are small: extra torch threads only cost start-up time (a lot on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def write_binary_data(folder: Path, name: str, rows: int, num_vars: int, seed: int = 0) -> Path:
+    """``folder/name/name.{train,test}.data``: rows drawn from a mixture of three product distributions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.1, 0.9, size=(3, num_vars))
+    for split, count in (("train", rows), ("test", rows // 4)):
+        cluster = rng.integers(0, 3, size=count)
+        data = (rng.random((count, num_vars)) < centres[cluster]).astype(int)
+        path = folder / name / f"{name}.{split}.data"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(path, data, fmt="%d", delimiter=",")
+    return folder
+
+
+def read_curves(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_unperturbed_components_stay_identical_and_depth_changes_nothing(tmp_path: Path) -> None:
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=300, num_vars=6)
+    study = protocol_study("paper", datasets=["toy"], perturbation=0.0, iterations=60, runs=1)
+    results = run_study(study, tmp_path / "out", data_dir, progress=False)
+    curves = {r.depth: np.array(r.history.train_llh) for r in results}
+    for curve in curves.values():
+        assert curve[0] == pytest.approx(6 * math.log(0.5), abs=1e-14)  # every leaf starts at 1/2
+        np.testing.assert_allclose(curve, curves[1], rtol=1e-12)  # depth makes no difference
+    assert np.all(np.diff(curves[1]) > 0) and curves[1][-1] > curves[1][0] + 0.03  # the leaves still learn
+    model = build_model(study, 6, depth=3, run=0)
+    x = np.loadtxt(data_dir / "toy" / "toy.train.data", delimiter=",")
+    train(model, x, iterations=60, lr=study.lr, progress=False)
+    collapsed = osp.collapse(model.to_structure())
+    leaf_weights = np.array([[leaf.weights for leaf in component.children] for component in collapsed.children])
+    assert np.array_equal(leaf_weights, np.broadcast_to(leaf_weights[0], leaf_weights.shape))  # bit for bit
+    assert np.all(collapsed.weights == collapsed.weights[0])
+
+
+def test_a_tiny_perturbation_breaks_the_symmetry(tmp_path: Path) -> None:
+    x = np.loadtxt(write_binary_data(tmp_path, "toy", rows=400, num_vars=6) / "toy" / "toy.train.data", delimiter=",")
+    finals = {}
+    for perturbation in (0.0, 1e-12):
+        study = protocol_study("paper", datasets=["toy"], perturbation=perturbation)
+        model = build_model(study, 6, depth=3, run=0)
+        history = train(model, x, iterations=400, lr=0.01, progress=False)
+        assert history.train_llh[0] == pytest.approx(6 * math.log(0.5), abs=1e-10)
+        leaf_weights = np.array([[leaf.weights / leaf.weights.sum() for leaf in component.children]
+                                 for component in osp.collapse(model.to_structure()).children])
+        finals[perturbation] = (history.train_llh[-1], np.ptp(leaf_weights, axis=0).max())
+    assert finals[0.0][1] == 0.0
+    assert finals[1e-12][1] > 0.05  # the components have drifted apart from a difference of 1e-12
+    assert finals[1e-12][0] > finals[0.0][0] + 0.05  # and the mixture beats independent variables
+
+
+def test_reproduce_writes_curves_summary_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=200, num_vars=5)
+    out = tmp_path / "out"
+    status = main(["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "25", "--runs", "2",
+                   "--out", str(out), "--no-progress"])
+    assert status == 0
+    rows = read_curves(out / "curves.csv")
+    assert list(rows[0]) == ["protocol", "dataset", "depth", "run", "iteration", "train_llh", "test_llh"]
+    assert len(rows) == 3 * 2 * 26
+    assert {(r["depth"], r["run"]) for r in rows} == {(d, r) for d in "123" for r in "01"}
+    first = [r for r in rows if r["iteration"] == "0"]
+    assert all(float(r["train_llh"]) == pytest.approx(5 * math.log(0.5), abs=1e-10) for r in first)
+    assert all(float(r["test_llh"]) == pytest.approx(5 * math.log(0.5), abs=1e-10) for r in first)
+    summary = json.loads((out / "summary.json").read_text())
+    depths = summary["datasets"]["toy"]["depths"]
+    assert sorted(depths) == ["1", "2", "3"] and depths["2"]["branching"] == [2, 4]
+    finals = [float(r["train_llh"]) for r in rows if r["iteration"] == "25" and r["depth"] == "3"]
+    assert depths["3"]["final_train_llh"]["mean"] == pytest.approx(np.mean(finals), rel=1e-12)
+    assert (out / "toy.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "depth 3 (2, 2, 2): final train" in printed
+    # the same command again reuses every finished run and rewrites identical curves
+    before = (out / "curves.csv").read_bytes()
+    assert main(["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "25", "--runs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "reused 6 finished runs" in capsys.readouterr().out
+    assert (out / "curves.csv").read_bytes() == before
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=50, num_vars=3)
+    run_study(protocol_study("paper", datasets=["toy"], iterations=2, runs=1), tmp_path / "out", data_dir,
+              progress=False)
+    with pytest.raises(ConfigurationError, match="differing: lr"):
+        run_study(protocol_study("paper", datasets=["toy"], iterations=2, runs=1, lr=0.5), tmp_path / "out",
+                  data_dir, progress=False)
+
+
+def test_bad_data_and_leaf_choices_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown data set 'nosuch'"):
+        run_study(protocol_study("paper", datasets=["nosuch"]), tmp_path / "a", tmp_path, progress=False)
+    with pytest.raises(ConfigurationError, match="needs discrete data.*--leaf gaussian"):
+        run_study(protocol_study("paper", datasets=["wine"], iterations=2, runs=1), tmp_path / "b", progress=False)
+    with pytest.raises(ConfigurationError, match="protocol"):
+        protocol_study("nosuch")
+    with pytest.raises(ConfigurationError, match="perturbation"):
+        protocol_study("paper", perturbation=1.5)
+
+
+def test_gaussian_leaves_learn_means_and_deviations(tmp_path: Path) -> None:
+    # all components N(0, 1) are the maximum-likelihood single Gaussian of standardised data, a stationary point
+    # from which a perturbation of 1e-12 takes hundreds of iterations to escape: start from distinct means here
+    study = protocol_study("paper", leaf="gaussian", datasets=["wine"], iterations=80, runs=1, depths=(1, 3),
+                           perturbation=0.5)
+    assert study.datasets == ("wine",)
+    results = run_study(study, tmp_path / "out", progress=False)
+    for result in results:
+        # the first step, from sum weights of 1e-4, overshoots; the ascent climbs from there
+        assert result.history.train_llh[-1] > result.history.train_llh[1] + 0.5
+        assert result.history.test_llh is not None and math.isfinite(result.history.test_llh[-1])
+    model = build_model(study, 13, depth=3, run=0)
+    means, log_std = model.gaussian.mean.detach().clone(), model.gaussian.log_std.detach().clone()
+    train(model, osp.data.load_sklearn("wine").train, iterations=40, lr=0.01, progress=False)
+    assert not torch.allclose(model.gaussian.mean, means) and not torch.allclose(model.gaussian.log_std, log_std)
+
+
+def fake_result(depth: int, run: int, curve: list[float]) -> RunResult:
+    return RunResult("d", depth, run, History(curve, None), 1.0)
+
+
+def test_summary_counts_iterations_to_the_plateau_and_speedups() -> None:
+    study = protocol_study("paper", datasets=["d"], runs=2, iterations=5)
+    curves = {
+        (1, 0): [-3.0, -2.5, -2.0, -1.5, -1.2, -1.0],
+        (1, 1): [-3.0, -2.8, -2.6, -2.0, -1.6, -1.4],
+        (2, 0): [-3.0, -2.0, -1.5, -1.1, -1.0, -1.0],
+        (2, 1): [-3.0, -2.2, -1.6, -1.3, -1.1, -1.0],
+        (3, 0): [-3.0, -1.0, -0.96, -0.95, -0.95, -0.95],
+        (3, 1): [-3.0, -1.8, -1.2, -1.05, -1.0, -1.0],
+    }
+    results = [fake_result(d, r, c) for (d, r), c in curves.items()]
+    summary = summarise(study, results)["datasets"]["d"]
+    # mean curves: depth 1 [-3, -2.65, -2.3, -1.75, -1.4, -1.2], depth 2 [.., -1.2, -1.05, -1], depth 3 ends -0.975
+    assert summary["mean_curve_target"] == pytest.approx(-0.975 - TARGET_GAP)
+    assert summary["best_run_target"] == pytest.approx(-0.95 - TARGET_GAP)
+    depths = summary["depths"]
+    assert [depths[d]["iterations_to_target"]["mean_curve"] for d in "123"] == [None, 5, 3]
+    # best runs (highest final value; the first on ties): depth 1 run 0, depth 2 run 0, depth 3 run 0; target -1.0
+    assert [depths[d]["iterations_to_target"]["best_run"] for d in "123"] == [5, 4, 1]
+    assert depths["3"]["iterations_to_target"]["per_run_to_mean_curve_target"] == [1, 4]
+    assert depths["3"]["speedup_vs_depth1"]["mean_curve"] is None  # depth 1's mean curve never got there
+    assert depths["3"]["speedup_vs_depth1"]["best_run"] == pytest.approx(5.0)
+    assert depths["2"]["speedup_vs_depth1"]["best_run"] == pytest.approx(1.25)
+    assert depths["2"]["final_train_llh"]["mean"] == pytest.approx(-1.0)
+    assert depths["1"]["final_train_llh"]["std"] == pytest.approx(np.std([-1.0, -1.4], ddof=1))
+    assert depths["1"]["final_test_llh"] is None
+    assert BRANCHINGS[3] == (2, 2, 2) and depths["3"]["branching"] == [2, 2, 2]
+
+
+def test_killed_run_resumes_to_the_same_curves(tmp_path: Path) -> None:
+    """SIGKILL a reproduce command half-way, give it again, and compare with an uninterrupted run byte for byte."""
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=1000, num_vars=16)
+    arguments = ["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "150", "--runs", "1",
+                 "--checkpoint-every", "10", "--threads", "1", "--no-progress"]
+    killed_out = tmp_path / "killed"
+    command = [sys.executable, "-m", "overspn.cli", *arguments, "--out", str(killed_out)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    # wait until at least one run has finished and another is part-way (a checkpoint on disk)
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((killed_out / "runs").glob("[!.]*.json")) and list((killed_out / "checkpoints").glob("[!.]*.pt")):
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed: " + process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    finished = len(list((killed_out / "runs").glob("[!.]*.json")))  # not a killed writer's temporary file
+    assert 1 <= finished < 3 and not (killed_out / "curves.csv").exists()
+    resumed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"reused {finished} finished runs" in resumed.stdout
+    # checkpoints go once their run is finished, and temporary files left by the killed writer are swept
+    assert not list((killed_out / "checkpoints").iterdir())
+    assert all(not p.name.startswith(".") for p in (killed_out / "runs").iterdir())
+    assert main([*arguments, "--out", str(tmp_path / "whole")]) == 0
+    assert (killed_out / "curves.csv").read_bytes() == (tmp_path / "whole" / "curves.csv").read_bytes()
