@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -162,4 +161,3 @@ def test_saved_model_reloads_with_the_same_likelihoods(tmp_path) -> None:
     x = _random_data("categorical", 4, 25, 9, seed=2, missing=0.25)
     with torch.no_grad():
         torch.testing.assert_close(osp.load(path).log_likelihood(x), model.log_likelihood(x), rtol=0, atol=1e-5)
-    assert not math.isnan(float(model.log_partition()))

@@ -98,8 +98,8 @@ def test_settings_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="batch_size"):
         TrainSettings(batch_size=0)
     with pytest.raises(ConfigurationError, match="repetitions"):
-        parse_structure("depth=2,reps=3", 16)
-    assert parse_structure("d=1,r=3,k=4,i=5", 16) == {"depth": 1, "num_repetitions": 3, "num_sums": 4,
+        parse_structure("depth=2,reps=3")
+    assert parse_structure("d=1,r=3,k=4,i=5") == {"depth": 1, "num_repetitions": 3, "num_sums": 4,
                                                       "num_input": 5}
 
 

@@ -3,8 +3,10 @@
 :func:`train` maximises the mean log-likelihood of a model (anything with ``log_likelihood(x)``, normally a
 :class:`overspn.rat.RatSPN`) by Adam or SGD on mini-batches, or by online EM (RAT-SPNs only: expected counts are the
 weights times the gradient of the log-likelihood, one forward/backward pass per batch). After each epoch it measures
-the validation log-likelihood, keeps the best parameters and stops when they have not improved for ``patience``
-epochs, when ``epochs`` are done or when ``time_budget`` seconds have passed.
+the validation log-likelihood and keeps the best parameters; after every epoch that does not improve on them the
+learning rate (EM: step size) is multiplied by ``lr_decay`` (a fast start that then settles before it overfits).
+It stops when they have not improved for ``patience`` epochs, when ``epochs`` are done or when ``time_budget``
+seconds have passed.
 
 With a checkpoint path, the complete training state (parameters, optimiser, shuffling generator, best parameters,
 history, elapsed time) is written atomically after every epoch; calling :func:`train` again with the same settings
@@ -46,6 +48,7 @@ class TrainSettings:
     epochs: int = 100
     time_budget: float | None = None
     patience: int = 10
+    lr_decay: float = 0.5
     seed: int = 0
     eval_batch_size: int = 2000
 
@@ -60,6 +63,8 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
+            raise ConfigurationError(f"lr_decay must lie in (0, 1], got {self.lr_decay!r}")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ConfigurationError(f"time budget must be a positive number of seconds, got {self.time_budget!r}")
 
@@ -69,7 +74,8 @@ class TrainSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the interrupted one (stopping rules may change)."""
-        return {"optimizer": self.optimizer, "lr": self.learning_rate, "batch_size": self.batch_size,
+        return {"optimizer": self.optimizer, "lr": self.learning_rate, "lr_decay": self.lr_decay,
+                "batch_size": self.batch_size,
                 "seed": self.seed}
 
 
@@ -172,6 +178,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
     result = TrainResult()
     best_state = _state_copy(model)
     bad_epochs = 0
+    learning_rate = settings.learning_rate
 
     saved = None if checkpoint_path is None else _load_checkpoint(checkpoint_path, full_fingerprint)
     if saved is not None:
@@ -183,7 +190,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
         result.history = list(saved["history"])
         result.best_epoch, result.best_valid_llh = saved["best_epoch"], saved["best_valid_llh"]
         result.epochs, result.seconds, bad_epochs = saved["epochs"], saved["seconds"], saved["bad_epochs"]
-        result.cpu_seconds = saved["cpu_seconds"]
+        result.cpu_seconds, learning_rate = saved["cpu_seconds"], saved["learning_rate"]
         # a run stopped by its epoch count or time budget goes on when the command is repeated with larger ones
         result.stop_reason = saved["stop_reason"] if saved["stop_reason"] == "early stopping" else ""
 
@@ -196,7 +203,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
             "optimizer": optimizer.state_dict() if optimizer is not None else {}, "generator": generator.get_state(),
             "best_state": best_state, "history": result.history, "best_epoch": result.best_epoch,
             "best_valid_llh": result.best_valid_llh, "epochs": result.epochs, "seconds": result.seconds,
-            "cpu_seconds": result.cpu_seconds,
+            "cpu_seconds": result.cpu_seconds, "learning_rate": learning_rate,
             "bad_epochs": bad_epochs, "stop_reason": result.stop_reason,
         }, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
@@ -231,7 +238,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                                            settings.batch_size]]
                 if optimizer is None:
                     _copy(pending, parameters)  # em_step evaluates these parameters, then updates them
-                    objective = model.em_step(batch, settings.learning_rate)
+                    objective = model.em_step(batch, learning_rate)
                     if math.isfinite(objective):
                         last_finite, pending = pending, last_finite
                 else:
@@ -246,7 +253,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                     _copy(parameters, last_finite)
                     raise DivergenceError(
                         f"training diverged in epoch {epoch} (batch {batch_number + 1} of {num_batches}): the "
-                        f"log-likelihood became {objective}; the learning rate {settings.learning_rate:g} is likely "
+                        f"log-likelihood became {objective}; the learning rate {learning_rate:g} is likely "
                         "too large for this model, try a smaller one", epoch, result.history)
                 total += objective * len(batch)
                 rows += len(batch)
@@ -258,7 +265,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
             if valid_llh is not None and not math.isfinite(valid_llh):
                 _copy(parameters, last_finite)
                 raise DivergenceError(f"training diverged in epoch {epoch}: the validation log-likelihood became "
-                                      f"{valid_llh}; the learning rate {settings.learning_rate:g} is likely too large",
+                                      f"{valid_llh}; the learning rate {learning_rate:g} is likely too large",
                                       epoch, result.history)
             result.epochs = epoch
             result.seconds = time.perf_counter() - started
@@ -269,8 +276,12 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                 result.best_epoch, result.best_valid_llh, bad_epochs = epoch, valid_llh, 0
             else:
                 bad_epochs += 1
+                learning_rate *= settings.lr_decay
+                if optimizer is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate
             entry = {"epoch": epoch, "train_llh": total / rows, "valid_llh": valid_llh, "seconds": result.seconds,
-                     "cpu_seconds": result.cpu_seconds}
+                     "cpu_seconds": result.cpu_seconds, "learning_rate": learning_rate}
             result.history.append(entry)
             if bad_epochs >= settings.patience:
                 result.stop_reason = "early stopping"
