@@ -397,3 +397,52 @@ def test_cli_prints_one_line(case: tuple, fixture_command: None, tmp_path: Path,
     assert "Traceback" not in captured.err
     for word in words:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Divergence: training whose objective stops being finite ends with DivergenceError, the model restored
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gaussian_mixture() -> osp.CompiledSPN:
+    return osp.compile(osp.mixture(3, 4, leaf="gaussian", perturbation=0.5, seed=0), "log", dtype=torch.float64)
+
+
+def test_gradient_ascent_with_a_huge_learning_rate_raises_divergence() -> None:
+    model = gaussian_mixture()
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(osp.DivergenceError) as caught:
+        train(model, x, iterations=20, lr=1e4, progress=False)
+    error = caught.value
+    assert isinstance(error, OverspnError) and not isinstance(error, ValueError)
+    assert error.iteration == 1
+    assert "iteration 1" in str(error) and "learning rate" in str(error)
+    assert len(error.history.train_llh) == error.iteration  # the finite values before it
+    # the model holds the last parameters with a finite objective: here the initial ones
+    initial = gaussian_mixture()
+    for (name, parameter), (_, start) in zip(model.named_parameters(), initial.named_parameters()):
+        assert torch.equal(parameter, start), name
+    assert float(model.log_likelihood(x).detach().mean()) == pytest.approx(error.history.train_llh[-1], rel=1e-12)
+
+
+def test_data_of_zero_probability_diverge_at_iteration_zero() -> None:
+    model = osp.compile(osp.Sum([osp.Product([osp.Indicator(0, 1), osp.Bernoulli(1, 0.5)])]), dtype=torch.float64)
+    with pytest.raises(osp.DivergenceError) as caught:
+        train(model, np.array([[1.0, 0.0], [0.0, 1.0]]), iterations=5, lr=0.1, progress=False)
+    assert caught.value.iteration == 0
+    assert "iteration 0" in str(caught.value) and "zero probability" in str(caught.value)
+
+
+def test_mini_batch_training_with_a_huge_learning_rate_raises_divergence() -> None:
+    from overspn.rat import RatConfig, RatSPN
+    from overspn.training import TrainSettings
+    from overspn.training import train as train_rat
+
+    model = RatSPN(RatConfig(num_vars=4, depth=1, num_repetitions=2, num_sums=2, num_input=2, leaf="gaussian"))
+    x = np.random.default_rng(0).normal(size=(200, 4))
+    with pytest.raises(osp.DivergenceError) as caught:
+        train_rat(model, x, settings=TrainSettings(optimizer="sgd", lr=1e6, batch_size=100, epochs=5))
+    error = caught.value
+    assert error.iteration >= 1 and f"epoch {error.iteration}" in str(error) and "learning rate" in str(error)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(model.log_likelihood(torch.from_numpy(x).to(next(model.parameters()).dtype))).all()
