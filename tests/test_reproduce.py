@@ -195,8 +195,8 @@ def test_summary_counts_iterations_to_the_plateau_and_speedups() -> None:
 
 def test_killed_run_resumes_to_the_same_curves(tmp_path: Path) -> None:
     """SIGKILL a reproduce command half-way, give it again, and compare with an uninterrupted run byte for byte."""
-    data_dir = write_binary_data(tmp_path / "data", "toy", rows=1000, num_vars=16)
-    arguments = ["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "150", "--runs", "1",
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=600, num_vars=16)
+    arguments = ["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "100", "--runs", "1",
                  "--checkpoint-every", "10", "--threads", "1", "--no-progress"]
     killed_out = tmp_path / "killed"
     command = [sys.executable, "-m", "overspn.cli", *arguments, "--out", str(killed_out)]
