@@ -147,6 +147,11 @@ def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> 
 
 
 def summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: float) -> dict[str, Any]:
+    with np.errstate(over="ignore", invalid="ignore"):  # at large steps the first-order recursion overflows
+        return _summarise(trace, scaling, floor, lr)
+
+
+def _summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: float) -> dict[str, Any]:
     slopes: dict[str, Any] = {}
     for formula in ("general", "paper"):
         for state in sorted({row["state"] for row in scaling}):
