@@ -52,6 +52,26 @@ def test_the_first_bad_value_is_reported_even_when_later_lines_are_bad_too(tmp_p
         data.load_csv(path, binary=True)
 
 
+def test_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "exported.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,0\r\n0,1\r\n")
+    np.testing.assert_array_equal(data.load_csv(path, binary=True), [[1, 0], [0, 1]])
+    path.write_bytes(b"\xef\xbb\xbf1,0\r\n0,nan\r\n")  # the line-by-line reader too
+    np.testing.assert_array_equal(np.isnan(data.load_csv(path, allow_missing=True)), [[0, 0], [0, 1]])
+
+
+@pytest.mark.parametrize(("text", "hint"), [
+    ("x0,x1\n1,0\n", "line 1, column 0: 'x0' is not a number (the file must not have a header row)"),
+    ("1;0\n0;1\n", "line 1, column 0: '1;0' is not a number (fields must be separated by commas)"),
+    ("1\t0\n", "(fields must be separated by commas)"),
+])
+def test_common_format_mistakes_get_a_hint(text: str, hint: str, tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(DataError) as caught:
+        data.load_csv(tmp_path / "d.csv")
+    assert hint in str(caught.value)
+
+
 def test_load_user_data_builds_a_checked_dataset(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text("0,2\n1,0\n1,1\n")
     (tmp_path / "valid.csv").write_text("0,1\n")

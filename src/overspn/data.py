@@ -178,13 +178,13 @@ def load_csv(path: str | os.PathLike[str], binary: bool = False, allow_missing: 
         # the fast reader; anything it rejects or reads as non-finite is re-read line by line to name the problem
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below as empty
-            array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, comments=None)
+            array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, comments=None, encoding="utf-8-sig")
     except (ValueError, UnicodeDecodeError):
         array = None
     if array is not None and array.size and np.all(np.isfinite(array)) and (
             not (binary or discrete) or _first_bad_state(array, binary) is None):
         return array
-    with open(path, encoding="utf-8", errors="replace") as stream:
+    with open(path, encoding="utf-8-sig", errors="replace") as stream:  # "-sig": skip the mark some editors write
         return _parse_lines(stream, str(path), binary, allow_missing, discrete)
 
 
@@ -228,7 +228,7 @@ def _parse_lines(lines: Iterable[str], source: str, binary: bool, allow_missing:
             try:
                 value = float(token)
             except ValueError:
-                raise DataError(f"{where}: {token!r} is not a number") from None
+                raise DataError(f"{where}: {token!r} is not a number{_hint(token, line_number, rows)}") from None
             if math.isnan(value):
                 if not allow_missing:
                     raise DataError(f"{where}: missing value ({token!r}) not allowed here")
@@ -243,6 +243,15 @@ def _parse_lines(lines: Iterable[str], source: str, binary: bool, allow_missing:
     if not rows:
         raise DataError(f"{source}: the file is empty")
     return np.asarray(rows, dtype=np.float64)
+
+
+def _hint(token: str, line_number: int, rows: list[list[float]]) -> str:
+    """Why a field may not be a number: another separator, or a header row."""
+    if any(separator in token for separator in (";", "\t", "|")):
+        return " (fields must be separated by commas)"
+    if not rows and not any(character.isdigit() for character in token):
+        return " (the file must not have a header row)" if line_number == 1 else ""
+    return ""
 
 
 def _line_of_row(path: Path, row: int) -> int:

@@ -214,6 +214,13 @@ def describe(node: Node) -> str:
     return f"{kind} node at 0x{id(node):x} with {len(node.children)} children"
 
 
+def _label(node: Node) -> str:
+    """Like :func:`describe`, without the memory address of an unnamed inner node (its path identifies it)."""
+    if node.name is None and not isinstance(node, Leaf):
+        return f"{type(node).__name__} node with {len(node.children)} children"
+    return describe(node)
+
+
 def topological_order(root: Node) -> list[Node]:
     """All nodes reachable from ``root``, each exactly once, children before parents (root last).
 
@@ -300,7 +307,7 @@ def validate(root: Node) -> list[Node]:
     kinds: dict[int, tuple[bool, Node]] = {}
 
     def fail(node: Node, problem: str) -> StructureError:
-        return StructureError(f"{describe(node)} at {path_to(root, node)}: {problem}")
+        return StructureError(f"{_label(node)} at {path_to(root, node)}: {problem}")
 
     for node in order:
         if isinstance(node, Leaf):
@@ -310,7 +317,7 @@ def validate(root: Node) -> list[Node]:
             previous = kinds.setdefault(node.var, (node.is_discrete, node))
             if previous[0] != node.is_discrete:
                 raise fail(node, f"variable x{node.var} has both discrete and continuous leaves (also "
-                                 f"{describe(previous[1])} at {path_to(root, previous[1])})")
+                                 f"{_label(previous[1])} at {path_to(root, previous[1])})")
             continue
         if not isinstance(node, (Sum, Product)):
             raise fail(node, f"unknown node type {type(node).__name__}")
