@@ -228,7 +228,7 @@ def _parse_lines(lines: Iterable[str], source: str, binary: bool, allow_missing:
             try:
                 value = float(token)
             except ValueError:
-                raise DataError(f"{where}: {token!r} is not a number{_hint(token, line_number, rows)}") from None
+                raise DataError(f"{where}: {token!r} is not a number{_hint(token, rows)}") from None
             if math.isnan(value):
                 if not allow_missing:
                     raise DataError(f"{where}: missing value ({token!r}) not allowed here")
@@ -245,12 +245,12 @@ def _parse_lines(lines: Iterable[str], source: str, binary: bool, allow_missing:
     return np.asarray(rows, dtype=np.float64)
 
 
-def _hint(token: str, line_number: int, rows: list[list[float]]) -> str:
+def _hint(token: str, rows: list[list[float]]) -> str:
     """Why a field may not be a number: another separator, or a header row."""
     if any(separator in token for separator in (";", "\t", "|")):
         return " (fields must be separated by commas)"
-    if not rows and not any(character.isdigit() for character in token):
-        return " (the file must not have a header row)" if line_number == 1 else ""
+    if not rows:
+        return " (the file must not have a header row)"
     return ""
 
 
