@@ -244,10 +244,6 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
     """Run (or resume) every run of ``study``, writing into ``out``; returns the results in a fixed order."""
     out = Path(out)
     _check_settings(out, study)
-    for folder in (out / "runs", out / "checkpoints"):
-        # temporary files of an atomic write interrupted by a kill (".NAME.RANDOM.tmp.SUFFIX"); never read
-        for leftover in folder.glob(".*.tmp*") if folder.is_dir() else ():
-            leftover.unlink(missing_ok=True)
     datasets = {name: load_study_data(name, data_dir, study.max_rows) for name in study.datasets}
     for dataset in datasets.values():
         _check_leaf(study, dataset)
@@ -257,6 +253,8 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
         found = _read_result(out / "runs" / f"{_run_name(*unit)}.json", *unit, study.iterations)
         if found is not None:
             results[unit] = found
+            # a kill between writing the result and removing the checkpoint leaves a stale checkpoint
+            (out / "checkpoints" / f"{_run_name(*unit)}.pt").unlink(missing_ok=True)
     pending = [unit for unit in units if unit not in results]
     bar = tqdm(total=len(pending) * (study.iterations + 1), disable=not progress, desc=f"reproduce {study.protocol}",
                unit="it", dynamic_ncols=True)
@@ -274,6 +272,11 @@ def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, ou
     cardinality = max(2, int(np.nanmax(dataset.train)) + 1) if study.leaf == "categorical" else 2
     model = build_model(study, dataset.num_vars, depth, run, cardinality)
     checkpoint_path = out / "checkpoints" / f"{_run_name(name, depth, run)}.pt"
+    for folder in (out / "runs", out / "checkpoints"):
+        # temporary files of this run's atomic writes interrupted by a kill (".NAME.SUFFIX.RANDOM.tmp.SUFFIX"),
+        # never read; only this run's, as other processes may be running other runs into the same folder
+        for leftover in folder.glob(f".{_run_name(name, depth, run)}.*.tmp*") if folder.is_dir() else ():
+            leftover.unlink(missing_ok=True)
     history, seconds = None, 0.0
     checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     if checkpoint is not None:
