@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,32 @@ def test_errors_in_a_fresh_process(folder: Path) -> None:
     """The same, as a user runs it: all chosen cases at once, each in its own interpreter."""
     environment = {**os.environ, "OVERSPN_DATA": str(folder / "no-data"), "PYTHONWARNINGS": "ignore"}
     chosen = [case for case in CASES if case.in_subprocess]
-    running = [subprocess.Popen([sys.executable, "-m", "overspn.cli", *case.arguments(folder)], env=environment,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for case in chosen]
+    modules = ["overspn.cli", "overspn"]  # the entry point of the installed script, and python -m overspn
+    running = [subprocess.Popen([sys.executable, "-m", modules[i % 2], *case.arguments(folder)], env=environment,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i, case in enumerate(chosen)]
     for case, process in zip(chosen, running):
         _, stderr = process.communicate(timeout=300)
         check_one_clear_line(case, process.returncode, stderr)
+
+
+def _register_broken(subparsers: object) -> None:
+    parser = subparsers.add_parser("broken")  # type: ignore[attr-defined]
+    parser.set_defaults(handler=lambda args: [][0])
+
+
+def test_an_unexpected_exception_is_one_line_unless_the_traceback_is_asked_for(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    module = types.ModuleType("overspn.commands.broken")
+    module.register = _register_broken  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "overspn.commands.broken", module)
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "broken"))
+    monkeypatch.delenv("OVERSPN_TRACEBACK", raising=False)
+    assert cli.main(["broken"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line
+    assert line.startswith("overspn broken: internal error: IndexError: list index out of range")
+    assert "OVERSPN_TRACEBACK=1" in line
+    monkeypatch.setenv("OVERSPN_TRACEBACK", "1")
+    with pytest.raises(IndexError):
+        cli.main(["broken"])

@@ -4,7 +4,9 @@ Each subcommand lives in its own module under :mod:`overspn.commands` and expose
 adds its parser and sets ``handler`` to a function taking the parsed arguments and returning an exit status.
 Expected failures print one line, ``overspn COMMAND: error: WHAT``, and exit non-zero without a traceback: a bad
 option (status 2, from argparse), any :class:`OverspnError` or file-system error (2), a divergence (3), an interrupt
-(130). The argument types below (``positive_float`` etc.) give option values the same one-line errors.
+(130). Any other exception is a bug, or bad input no check caught: it prints one ``internal error`` line and exits
+with status 1 (the traceback with ``OVERSPN_TRACEBACK=1``). The argument types below (``positive_float`` etc.) give
+option values the same one-line errors.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 from typing import NoReturn
 
@@ -94,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"overspn {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug, or bad input that no check caught: still one line, unless asked for more
+        if os.environ.get("OVERSPN_TRACEBACK"):
+            raise
+        print(f"overspn {args.command}: internal error: {type(error).__name__}: {_one_line(str(error))} (please "
+              "report it; set OVERSPN_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        return 1
 
 
 def _describe(error: BaseException) -> str:
