@@ -176,3 +176,32 @@ def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_pa
     first_model, second_model = osp.load(reference / "model.ospn"), osp.load(resumed / "model.ospn")
     for (name, a), b in zip(first_model.state_dict().items(), second_model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_two_process_training_equals_single_process_training(splits: dict[str, Path], tmp_path: Path) -> None:
+    options = ["train", "--train", str(splits["train"]), "--valid", str(splits["valid"]), "--test", str(splits["test"]),
+               "--structure", "depth=2,repetitions=3,sums=4,inputs=4", "--epochs", "3", "--batch-size", "50",
+               "--threads", "1", "--quiet"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+                   "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                    "overspn.cli", *options, "--distributed", "--out", str(tmp_path / "two")], check=True,
+                   env=environment, timeout=180, capture_output=True)
+    assert main([*options, "--out", str(tmp_path / "one")]) == 0
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    double = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert double["processes"] == 2 and single["processes"] == 1
+    for key in ("train_llh", "valid_llh", "test_llh"):
+        assert double[key] == pytest.approx(single[key], abs=1e-5), key
+    assert single["epochs"] == double["epochs"] == 3
+    one, two = osp.load(tmp_path / "one" / "model.ospn"), osp.load(tmp_path / "two" / "model.ospn")
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_distributed_outside_torchrun_is_a_clear_error(splits: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["train", "--train", str(splits["train"]), "--out", str(tmp_path), "--distributed", "--quiet"]) == 2
+    assert "torchrun" in capsys.readouterr().err

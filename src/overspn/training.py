@@ -8,6 +8,10 @@ learning rate (EM: step size) is multiplied by ``lr_decay`` (a fast start that t
 It stops when they have not improved for ``patience`` epochs, when ``epochs`` are done or when ``time_budget``
 seconds have passed.
 
+Data-parallel training (``distributed=True``, inside an initialised ``torch.distributed`` process group, e.g. under
+``torchrun``): every process draws the same batches, evaluates its share of each and the gradients are summed
+across processes before every step, so the parameters follow single-process training up to rounding.
+
 With a checkpoint path, the complete training state (parameters, optimiser, shuffling generator, best parameters,
 history, elapsed time) is written atomically after every epoch; calling :func:`train` again with the same settings
 resumes from it and, with the same number of threads, ends with exactly the same parameters as an uninterrupted run.
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .atomic import atomic_write_bytes
@@ -34,7 +39,7 @@ __all__ = ["OPTIMIZERS", "DEFAULT_LEARNING_RATES", "TrainSettings", "TrainResult
 
 OPTIMIZERS = ("adam", "sgd", "em")
 # Adam's and SGD's step sizes; for EM the weight given to each batch's statistics in the running estimate.
-DEFAULT_LEARNING_RATES = {"adam": 0.02, "sgd": 0.5, "em": 0.5}
+DEFAULT_LEARNING_RATES = {"adam": 0.02, "sgd": 0.5, "em": 0.05}
 CHECKPOINT_FORMAT = "overspn-train-checkpoint"
 
 
@@ -108,6 +113,46 @@ def evaluate(model: nn.Module, data: torch.Tensor | np.ndarray | None, batch_siz
     return total / len(data)
 
 
+class _Group:
+    """This process's place among the data-parallel processes (rank 0 of 1 without ``torch.distributed``)."""
+
+    def __init__(self, distributed: bool) -> None:
+        if distributed and not (dist.is_available() and dist.is_initialized()):
+            raise ConfigurationError("distributed training needs an initialised torch.distributed process group "
+                                     "(run under torchrun)")
+        self.distributed = distributed
+        self.size = dist.get_world_size() if distributed else 1
+        self.rank = dist.get_rank() if distributed else 0
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[self.rank:: self.size]
+
+    def total(self, value: float, op: str = "sum") -> float:
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return float(tensor)
+
+    def sum_gradients(self, parameters: list[torch.Tensor]) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for parameter in parameters:
+            parameter.grad = flat[offset: offset + parameter.numel()].view_as(parameter).clone()
+            offset += parameter.numel()
+
+    def evaluate(self, model: nn.Module, data: torch.Tensor | None, batch_size: int) -> float | None:
+        if self.size == 1 or data is None or len(data) == 0:
+            return evaluate(model, data, batch_size)
+        with torch.no_grad():
+            share = self.shard(data)
+            local = sum(float(model.log_likelihood(share[start: start + batch_size]).double().sum())
+                        for start in range(0, len(share), batch_size))
+        return self.total(local) / len(data)
+
+
 def _as_tensor(data: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
     return tensor.to(dtype)
@@ -153,12 +198,13 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
 def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: np.ndarray | torch.Tensor | None = None,
           settings: TrainSettings | None = None, *, checkpoint: str | Path | None = None,
           fingerprint: dict[str, Any] | None = None, progress: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, distributed: bool = False) -> TrainResult:
     """Train ``model`` in place on ``train_data`` ``(N, D)`` (NaN = missing); returns the :class:`TrainResult`.
 
     ``checkpoint``: file to resume from and write after every epoch; ``fingerprint``: extra settings (e.g. the
     structure and data set) that must match the checkpoint's. ``progress`` shows a tqdm bar with the running
-    log-likelihood; ``on_epoch`` is called with each epoch's history entry.
+    log-likelihood; ``on_epoch`` is called with each epoch's history entry. ``distributed``: data-parallel over the
+    processes of the current ``torch.distributed`` group (Adam and SGD; only rank 0 writes the checkpoint).
 
     Raises DivergenceError (with the history) when the objective becomes NaN or infinite; the model then holds the
     last parameters that gave a finite objective.
@@ -172,8 +218,13 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
     if hasattr(model, "check_data"):
         model.check_data(train_tensor)  # a bad value is named before any time is spent
     optimizer = _make_optimizer(model, settings)
+    processes = _Group(distributed)
+    if processes.size > 1 and optimizer is None:
+        raise ConfigurationError("distributed training supports the adam and sgd optimizers, not em")
     generator = torch.Generator().manual_seed(settings.seed)
     full_fingerprint = {**settings.fingerprint(), **(fingerprint or {})}
+    if processes.size > 1:  # rounding differs between process counts, so a resumed run must use the same one
+        full_fingerprint["processes"] = processes.size
     checkpoint_path = None if checkpoint is None else Path(checkpoint)
     result = TrainResult()
     best_state = _state_copy(model)
@@ -195,7 +246,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
         result.stop_reason = saved["stop_reason"] if saved["stop_reason"] == "early stopping" else ""
 
     def write_checkpoint() -> None:
-        if checkpoint_path is None:
+        if checkpoint_path is None or processes.rank != 0:
             return
         buffer = io.BytesIO()
         torch.save({
@@ -213,7 +264,7 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
     last_finite = [p.detach().clone() for p in parameters]
     pending = [p.detach().clone() for p in parameters]
     bar = None
-    if progress:
+    if progress and processes.rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.epochs, initial=min(result.epochs, settings.epochs), unit="epoch",
@@ -243,11 +294,18 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                         last_finite, pending = pending, last_finite
                 else:
                     optimizer.zero_grad(set_to_none=True)
-                    loss = -model.log_likelihood(batch).mean()
-                    objective = -float(loss.detach())
+                    if processes.size == 1:
+                        loss = -model.log_likelihood(batch).mean()
+                        objective = -float(loss.detach())
+                    else:
+                        share = model.log_likelihood(processes.shard(batch))
+                        loss = -share.sum() / len(batch)
+                        objective = processes.total(float(share.detach().double().sum())) / len(batch)
                     if math.isfinite(objective):
                         _copy(last_finite, parameters)
                         loss.backward()
+                        if processes.size > 1:
+                            processes.sum_gradients(parameters)
                         optimizer.step()
                 if not math.isfinite(objective):
                     _copy(parameters, last_finite)
@@ -261,14 +319,14 @@ def train(model: nn.Module, train_data: np.ndarray | torch.Tensor, valid_data: n
                     bar.set_postfix_str(f"epoch {epoch} batch llh {total / rows:.4f}", refresh=False)
                     bar.update(0)
             model.eval()
-            valid_llh = evaluate(model, valid_tensor, settings.eval_batch_size)
+            valid_llh = processes.evaluate(model, valid_tensor, settings.eval_batch_size)
             if valid_llh is not None and not math.isfinite(valid_llh):
                 _copy(parameters, last_finite)
                 raise DivergenceError(f"training diverged in epoch {epoch}: the validation log-likelihood became "
                                       f"{valid_llh}; the learning rate {learning_rate:g} is likely too large",
                                       epoch, result.history)
             result.epochs = epoch
-            result.seconds = time.perf_counter() - started
+            result.seconds = processes.total(time.perf_counter() - started, "max")  # all processes stop together
             result.cpu_seconds = time.process_time() - cpu_started
             improved = valid_llh is None or result.best_valid_llh is None or valid_llh > result.best_valid_llh
             if improved:

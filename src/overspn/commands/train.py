@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,21 @@ def _write_curves(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.distributed:
+        return _run(args)
+    if "RANK" not in os.environ:
+        raise ConfigurationError("--distributed runs under torchrun, e.g. torchrun --standalone --nproc-per-node 2 "
+                                 "-m overspn.cli train ... --distributed")
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        return _run(args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigurationError(f"--threads must be >= 1, got {args.threads}")
@@ -127,16 +143,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
-    if args.restart and checkpoint.exists():
+    first = not args.distributed or int(os.environ["RANK"]) == 0
+    if args.restart and first and checkpoint.exists():
         checkpoint.unlink()
+    if args.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # no process reads the checkpoint before the first one has removed it
     fingerprint = {"data": name, "rows": int(len(train_data)), "structure": config.as_dict(),
                    "weights": args.weights, "dtype": args.dtype}
     try:
         result = train(model, train_data, valid_data, settings, checkpoint=checkpoint, fingerprint=fingerprint,
-                       progress=not args.quiet)
+                       progress=not args.quiet, distributed=args.distributed)
     except DivergenceError as error:
         _write_curves(out, list(error.history or []))
         raise
+    if not first:
+        return 0  # every process holds the same parameters; the first one writes the results
     started = time.perf_counter()
     metrics = {
         "data": name,
@@ -149,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
         "num_params": model.num_parameters(),
+        "processes": int(os.environ.get("WORLD_SIZE", 1)) if args.distributed else 1,
         "structure": config.as_dict(),
         "weights": args.weights,
         "dtype": args.dtype,
@@ -190,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     fit = parser.add_argument_group("training")
     fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    fit.add_argument("--lr", type=float, help="learning rate (default: adam 0.02, sgd 0.5, em step size 0.5)")
+    fit.add_argument("--lr", type=float, help="learning rate (default: adam 0.02, sgd 0.5, em step size 0.05)")
     fit.add_argument("--batch-size", type=int, default=100)
     fit.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
     fit.add_argument("--time-budget", type=float, help="stop after the first epoch that ends past this many seconds")
@@ -203,5 +227,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--threads", type=int, help="torch threads (results are reproducible for a fixed count)")
     parser.add_argument("--out", default="results/train", help="output folder (default: results/train)")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the processes started by torchrun (gloo; adam or sgd)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(handler=run)
