@@ -439,9 +439,10 @@ def test_mini_batch_training_with_a_huge_learning_rate_raises_divergence() -> No
     from overspn.training import train as train_rat
 
     model = RatSPN(RatConfig(num_vars=4, depth=1, num_repetitions=2, num_sums=2, num_input=2, leaf="gaussian"))
-    x = np.random.default_rng(0).normal(size=(200, 4))
+    x = np.random.default_rng(0).normal(size=(60, 4))
     with pytest.raises(osp.DivergenceError) as caught:
-        train_rat(model, x, settings=TrainSettings(optimizer="sgd", lr=1e6, batch_size=100, epochs=5))
+        train_rat(model, x, settings=TrainSettings(optimizer="sgd", lr=1e6, batch_size=30, epochs=5,
+                                                   eval_batch_size=60))
     error = caught.value
     assert error.iteration >= 1 and f"epoch {error.iteration}" in str(error) and "learning rate" in str(error)
     assert all(torch.isfinite(p).all() for p in model.parameters())
