@@ -90,6 +90,21 @@ def test_divergence_names_the_epoch_and_keeps_finite_parameters() -> None:
     assert math.isfinite(evaluate(model, data))
 
 
+def test_checkpoint_extends_a_finished_run_and_refuses_other_settings(tmp_path: Path) -> None:
+    data = _mixture_data(200, 8, seed=4)
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def run(epochs: int, batch_size: int = 50) -> object:
+        return train(RatSPN(RatConfig(8, 1, 2, 2, 3, seed=0)), data, data,
+                     TrainSettings(epochs=epochs, batch_size=batch_size, patience=100), checkpoint=checkpoint)
+
+    assert run(2).epochs == 2
+    extended = run(4)
+    assert extended.epochs == 4 and [entry["epoch"] for entry in extended.history] == [1, 2, 3, 4]
+    with pytest.raises(ConfigurationError, match="batch_size: 50 there, 20 now"):
+        run(6, batch_size=20)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="learning rate"):
         TrainSettings(lr=-1.0)

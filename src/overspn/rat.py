@@ -127,7 +127,6 @@ class RatSPN(nn.Module):
                                                   dtype))
             channels = config.num_sums
         self.root_weights = self._weights(rng, (reps * channels * channels,), dtype)
-        self.top_channels = channels
 
     def _weights(self, rng: np.random.Generator, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Parameter:
         # normalised random weights: every sum starts as a proper mixture, whatever the parametrisation
