@@ -22,7 +22,7 @@ from overspn.cli import main
 from overspn.commands.train import infer_leaf, parse_structure
 from overspn.errors import ConfigurationError, DivergenceError
 from overspn.rat import RatConfig, RatSPN
-from overspn.training import TrainSettings, evaluate, train
+from overspn.training import TrainResult, TrainSettings, evaluate, train
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +94,7 @@ def test_checkpoint_extends_a_finished_run_and_refuses_other_settings(tmp_path: 
     data = _mixture_data(200, 8, seed=4)
     checkpoint = tmp_path / "checkpoint.pt"
 
-    def run(epochs: int, batch_size: int = 50) -> object:
+    def run(epochs: int, batch_size: int = 50) -> TrainResult:
         return train(RatSPN(RatConfig(8, 1, 2, 2, 3, seed=0)), data, data,
                      TrainSettings(epochs=epochs, batch_size=batch_size, patience=100), checkpoint=checkpoint)
 
