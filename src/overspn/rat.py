@@ -215,32 +215,24 @@ class RatSPN(nn.Module):
             return shift, torch.exp(parameter - shift)
         return parameter.new_zeros(parameter.shape[:-1] + (1,)), parameter
 
-    def _root_log_weights(self) -> torch.Tensor:
-        if self.parametrisation == "softmax":
-            return torch.log_softmax(self.root_weights, dim=0)
-        if self.parametrisation == "log":
-            return self.root_weights
-        return torch.log(self.root_weights)
-
     def log_unnormalised(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``(N,)`` log f(x) of the (possibly unnormalised) network; NaN entries are marginalised."""
         return self._evaluate(self.check_data(x))
 
     def _evaluate(self, x: torch.Tensor, regions: torch.Tensor | None = None,
                   layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                  root_log_weights: torch.Tensor | None = None) -> torch.Tensor:
+                  root_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Root log-values ``(N,)`` of checked data; EM passes its own leaf-region values and weights."""
         if regions is None:
             regions = self._region_inputs(x, None if self.config.leaf == "gaussian" else self.leaf_log_table())
         if layer_weights is None:
             layer_weights = [self._linear_weights(parameter) for parameter in self.sum_weights]
+        if root_weights is None:
+            root_weights = self._linear_weights(self.root_weights)
         values = regions
         for shift, weights in layer_weights:
             values = _einsum_layer(values, shift, weights)
-        left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
-        products = (left.unsqueeze(3) + right.unsqueeze(2)).reshape(len(x), -1)
-        root = self._root_log_weights() if root_log_weights is None else root_log_weights
-        return _logsumexp(products + root, dim=1)
+        return _root_layer(values, *root_weights)
 
     def log_partition(self) -> torch.Tensor:
         """``()`` log of the network summed over all values: exactly 0 in theory for softmax weights."""
@@ -284,7 +276,7 @@ class RatSPN(nn.Module):
         with torch.enable_grad():
             regions = self._region_inputs(values, leaf_input) if discrete else leaf_input
             llh = self._evaluate(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
-                                 torch.log(root))
+                                 (root.new_zeros(1), root))
             mean = float(llh.detach().mean())
             if not math.isfinite(mean):
                 return mean
@@ -430,6 +422,23 @@ def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tens
     products = (left_exp.unsqueeze(4) * right_exp.unsqueeze(3)).flatten(3)  # (N, R, L/2, K*K)
     mixed = torch.einsum("nrlp,rlkp->nrlk", products, weights)
     return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
+
+
+def _root_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``.
+
+    Per repetition the mixture is a bilinear form, sum_ij w_rij exp(a_ri) exp(b_rj), evaluated in linear space
+    with the same per-region shifts as :func:`_einsum_layer` (one batched matrix product instead of an exponential
+    per product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the actual weights
+    divided by exp(``shift``).
+    """
+    left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
+    left_max, right_max = _finite_max(left), _finite_max(right)
+    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    channels = left.shape[2]
+    bilinear = torch.einsum("nri,rij->nrj", left_exp, weights.view(-1, channels, channels))
+    per_repetition = torch.log((bilinear * right_exp).sum(dim=2)) + (left_max + right_max).squeeze(2)
+    return _logsumexp(per_repetition, dim=1) + shift
 
 
 def _finite_max(values: torch.Tensor) -> torch.Tensor:
