@@ -23,15 +23,17 @@ product of its factors at the end).
 
 Per run (data set x seed x arm): the validation log-likelihood after every epoch and the training seconds spent
 (evaluation excluded); the test log-likelihood of the parameters with the best validation log-likelihood. Per data
-set two fixed targets, both computed from the plain arm's runs only: "easy" = the worst best-validation
-log-likelihood over the plain runs (every plain run reaches it) and "hard" = their median. Reported: epochs and
-seconds to reach each target (not reached within the budget: null), final test log-likelihood, medians over seeds.
+set three fixed validation targets, computed from the plain arm's runs only: with ``start`` the validation
+log-likelihood of the initial model (the same in every arm of a seed) and ``end`` the median over seeds of the plain
+runs' best, "50%" and "90%" are ``start + 0.5 (end - start)`` and ``start + 0.9 (end - start)``, and "plain" is
+``end`` itself (reached by about half the plain runs). Reported: epochs and training seconds to reach each target
+(null where a run does not reach it), the median validation curve, and the test log-likelihood, medians over seeds.
 
 Runs are written to the JSON file as they finish; an interrupted benchmark resumes where it stopped (runs with the
 same settings are reused).
 
     OVERSPN_DATA=/work/shared/datasets python benchmarks/bench_overparam_scale.py [--datasets nltcs plants baudio]
-        [--seeds 0 1 2] [--epochs 15] [--time-budget 60] [--lr 0.5]
+        [--seeds 0 1 2] [--epochs 10] [--time-budget 600] [--lr 0.5]
 """
 
 from __future__ import annotations
@@ -153,14 +155,20 @@ def first_reaching(history: list[dict[str, Any]], target: float) -> tuple[int | 
     return None, None
 
 
+TARGETS = {"50%": 0.5, "90%": 0.9, "plain": 1.0}
+CURVE_EPOCHS = (1, 2, 3, 5, 10, 15, 20, 25)
+
+
 def summarise(runs: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name in datasets:
-        plain = [r["best_valid"] for r in runs if r["dataset"] == name and r["arm"] == "plain"]
+        plain = [r for r in runs if r["dataset"] == name and r["arm"] == "plain"]
         if not plain:
             continue
-        targets = {"easy": min(plain), "hard": statistics.median(plain)}
-        per_arm: dict[str, Any] = {"targets": targets}
+        start = statistics.median(r["history"][0]["valid"] for r in plain)
+        end = statistics.median(r["best_valid"] for r in plain)
+        targets = {label: start + fraction * (end - start) for label, fraction in TARGETS.items()}
+        per_arm: dict[str, Any] = {"targets": targets, "initial_valid": start}
         for arm in ARMS:
             arm_runs = [r for r in runs if r["dataset"] == name and r["arm"] == arm]
             if not arm_runs:
@@ -172,9 +180,15 @@ def summarise(runs: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]
                 entry[f"seconds_to_{label}"] = [s for _, s in reached]
                 done = [e for e, _ in reached if e is not None]
                 entry[f"reached_{label}"] = f"{len(done)}/{len(arm_runs)}"
-                entry[f"median_epochs_to_{label}"] = statistics.median(done) if len(done) == len(arm_runs) else None
-                secs = [s for _, s in reached if s is not None]
-                entry[f"median_seconds_to_{label}"] = statistics.median(secs) if len(secs) == len(arm_runs) else None
+                # medians over seeds, a run that never reaches the target counting as slower than every other
+                epochs_median = statistics.median(e if e is not None else math.inf for e, _ in reached)
+                seconds_median = statistics.median(t if t is not None else math.inf for _, t in reached)
+                entry[f"median_epochs_to_{label}"] = None if math.isinf(epochs_median) else epochs_median
+                entry[f"median_seconds_to_{label}"] = None if math.isinf(seconds_median) else seconds_median
+            epochs = min(len(r["history"]) for r in arm_runs)
+            entry["median_valid_curve"] = {e: statistics.median(r["history"][e]["valid"] for r in arm_runs)
+                                           for e in range(epochs) if all(r["history"][e]["valid"] is not None
+                                                                         for r in arm_runs)}
             tests = [r["test_at_best_valid"] for r in arm_runs]
             entry["test_at_best_valid"] = tests
             entry["median_test"] = statistics.median(tests)
@@ -188,23 +202,26 @@ def summarise(runs: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    def fmt(value: Any, digits: int = 1) -> str:
-        return "not reached" if value is None else f"{value:.{digits}f}"
+    def fmt(value: Any, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = ["| data set | arm | epochs to easy | s to easy | epochs to hard (reached) | s to hard | "
-             "s/epoch | test LL median [min, max] |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set | arm | epochs to 50% / 90% / plain (reached) | s to 50% / 90% / plain | s/epoch | "
+             "valid LL at epochs " + ", ".join(map(str, CURVE_EPOCHS)) + " | test LL median [min, max] |",
+             "|---|---|---|---|---|---|---|"]
     for name, per_arm in summary.items():
-        targets = per_arm["targets"]
+        t = per_arm["targets"]
         for arm in ARMS:
             if arm not in per_arm:
                 continue
             e = per_arm[arm]
+            curve = e["median_valid_curve"]
             lines.append(
-                f"| {name} (easy {targets['easy']:.3f}, hard {targets['hard']:.3f}) | {arm} | "
-                f"{fmt(e['median_epochs_to_easy'], 0)} | {fmt(e['median_seconds_to_easy'])} | "
-                f"{fmt(e['median_epochs_to_hard'], 0)} ({e['reached_hard']}) | {fmt(e['median_seconds_to_hard'])} | "
-                f"{e['seconds_per_epoch']:.1f} | {e['median_test']:.3f} [{e['test_spread'][0]:.3f}, "
-                f"{e['test_spread'][1]:.3f}] |")
+                f"| {name} (targets {t['50%']:.2f} / {t['90%']:.2f} / {t['plain']:.2f}) | {arm} | "
+                + " / ".join(f"{fmt(e[f'median_epochs_to_{k}'])} ({e[f'reached_{k}']})" for k in TARGETS) + " | "
+                + " / ".join(fmt(e[f"median_seconds_to_{k}"]) for k in TARGETS)
+                + f" | {e['seconds_per_epoch']:.1f} | "
+                + ", ".join(f"{curve[c]:.2f}" for c in CURVE_EPOCHS if c in curve)
+                + f" | {e['median_test']:.3f} [{e['test_spread'][0]:.3f}, {e['test_spread'][1]:.3f}] |")
     return "\n".join(lines)
 
 
@@ -213,8 +230,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["nltcs", "plants", "baudio"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--time-budget", type=float, default=60.0, help="training seconds per run")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run, the same for every arm")
+    parser.add_argument("--time-budget", type=float, default=600.0, help="safety cap on training seconds per run")
     parser.add_argument("--lr", type=float, default=0.5, help="the project's default SGD step size")
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--depth", type=int, default=3)
