@@ -253,7 +253,7 @@ class RatSPN(nn.Module):
 
     # -- expectation-maximisation -------------------------------------------------------------------------------
 
-    def em_step(self, x: np.ndarray | torch.Tensor, step_size: float, pseudo_count: float = 1e-2) -> float:
+    def em_step(self, x: np.ndarray | torch.Tensor, step_size: float, pseudo_count: float = 1e-6) -> float:
         """One step of online EM on the batch ``x``; returns the batch's mean log-likelihood before the step.
 
         Expected counts come from autograd: for a sum weight, w times the gradient of the batch log-likelihood with
