@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,18 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def source_revision() -> str:
+    """The commit the measured code comes from, marked "+modified" when src/ differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["nltcs", "plants", "baudio"])
@@ -257,7 +270,8 @@ def main() -> None:
             "benchmark": "overparametrized vs plain gradient training of RAT-SPNs",
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
-            "torch": torch.__version__, "settings": settings, "runs": runs, "summary": summary})
+            "source": source_revision(), "torch": torch.__version__, "settings": settings, "runs": runs,
+            "summary": summary})
         return summary
 
     for name in args.datasets:

@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,18 @@ def markdown(cells: list[dict[str, Any]], names: list[str], key: str) -> str:
     return "\n".join(lines)
 
 
+def source_revision() -> str:
+    """The commit the measured code comes from, marked "+modified" when src/ differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed steps per library and cell")
@@ -360,7 +373,8 @@ def main() -> None:
         "benchmark": "training step (Adam, lr 0.01) of equal RAT-SPNs on plants",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
-        "versions": versions, "missing": missing, "settings": vars(args) | {"out": str(args.out)},
+        "source": source_revision(), "versions": versions, "missing": missing,
+        "settings": vars(args) | {"out": str(args.out)},
         "base_shape": base.__dict__, "checks": checks,
         "parameter_scaling": scaling, "batch_scaling": batches,
     }
