@@ -269,7 +269,8 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
 
 
 def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, out: Path, bar: Any) -> RunResult:
-    cardinality = max(2, int(np.nanmax(dataset.train)) + 1) if study.leaf == "categorical" else 2
+    splits = [dataset.train] if dataset.test is None else [dataset.train, dataset.test]
+    cardinality = max(2, max(int(np.nanmax(split)) for split in splits) + 1) if study.leaf == "categorical" else 2
     model = build_model(study, dataset.num_vars, depth, run, cardinality)
     checkpoint_path = out / "checkpoints" / f"{_run_name(name, depth, run)}.pt"
     for folder in (out / "runs", out / "checkpoints"):

@@ -1,8 +1,9 @@
 """``overspn reproduce``: the paper's experiment (depth 1, 2, 3 mixtures trained by gradient ascent) end to end.
 
-Writes to ``--out`` (default ``results/PROTOCOL``) ``curves.csv``, ``summary.json`` and ``NAME.png`` per data set,
-all atomically. Finished runs are kept under ``runs/`` and a run in progress is checkpointed every
-``--checkpoint-every`` iterations, so a killed command, given again, resumes and ends with the same curves.
+Writes to ``--out`` (default ``results/PROTOCOL``, or ``results/PROTOCOL-LEAF`` for leaves other than indicators)
+``curves.csv``, ``summary.json`` and ``NAME.png`` per data set, all atomically. Finished runs are kept under
+``runs/`` and a run in progress is checkpointed every ``--checkpoint-every`` iterations, so a killed command, given
+again, resumes and ends with the same curves.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-rows", type=positive_int, help="use only the first rows of train and test (quick runs)")
     parser.add_argument("--data-dir", type=Path, help="folder of NAME/NAME.{train,valid,test}.data (default "
                                                       "$OVERSPN_DATA)")
-    parser.add_argument("--out", type=Path, help="output folder (default results/PROTOCOL)")
+    parser.add_argument("--out", type=Path, help="output folder (default results/PROTOCOL, or results/PROTOCOL-LEAF "
+                                                 "for leaves other than indicators)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50,
                         help="iterations between checkpoints of a run in progress (default 50)")
     parser.add_argument("--threads", type=positive_int, default=1,
@@ -60,7 +62,8 @@ def handle(args: argparse.Namespace) -> int:
         args.protocol, datasets=args.dataset, depths=tuple(sorted(set(args.depth))) if args.depth else None,
         runs=args.runs, iterations=args.iterations, lr=args.lr, seed=args.seed, leaf=args.leaf,
         perturbation=args.perturbation, max_rows=args.max_rows, checkpoint_every=args.checkpoint_every)
-    out = args.out if args.out is not None else Path("results") / args.protocol
+    default_out = args.protocol if study.leaf == "indicator" else f"{args.protocol}-{study.leaf}"
+    out = args.out if args.out is not None else Path("results") / default_out
     started = time.perf_counter()
     results = run_study(study, out, args.data_dir, progress=not args.no_progress, log=print)
     summary = write_outputs(study, results, out)
