@@ -195,8 +195,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a RAT-SPN on a data set (mini-batch Adam, SGD or EM)",
-                                   description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser(
+        "train", help="train a RAT-SPN on a data set (mini-batch Adam, SGD or EM)",
+        description="Fit a RAT-SPN to a benchmark data set or CSV files by mini-batch training. Writes metrics.json, "
+                    "curves.csv, curves.png and model.ospn (loadable with overspn.load) to --out; running the same "
+                    "command again resumes an interrupted run from its checkpoint.")
     source = parser.add_argument_group("data")
     source.add_argument("--dataset", help=f"a benchmark by name ({', '.join(BINARY_DATASETS)}; or wine, ...)")
     source.add_argument("--data-dir", help="folder of the benchmark splits (default: $OVERSPN_DATA or a download)")
