@@ -135,6 +135,7 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
 def test_bad_data_and_leaf_choices_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown data set 'nosuch'"):
         run_study(protocol_study("paper", datasets=["nosuch"]), tmp_path / "a", tmp_path, progress=False)
+    assert not (tmp_path / "a").exists()
     with pytest.raises(ConfigurationError, match="needs discrete data.*--leaf gaussian"):
         run_study(protocol_study("paper", datasets=["wine"], iterations=2, runs=1), tmp_path / "b", progress=False)
     with pytest.raises(ConfigurationError, match="protocol"):

@@ -243,10 +243,10 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
               log: Callable[[str], None] | None = None) -> list[RunResult]:
     """Run (or resume) every run of ``study``, writing into ``out``; returns the results in a fixed order."""
     out = Path(out)
-    _check_settings(out, study)
     datasets = {name: load_study_data(name, data_dir, study.max_rows) for name in study.datasets}
     for dataset in datasets.values():
         _check_leaf(study, dataset)
+    _check_settings(out, study)  # after the checks of the data, so that a mistyped command leaves no folder behind
     units = [(name, depth, run) for name in study.datasets for depth in study.depths for run in range(study.runs)]
     results: dict[tuple[str, int, int], RunResult] = {}
     for unit in units:
