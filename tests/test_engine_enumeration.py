@@ -250,3 +250,53 @@ def test_indicator_sums_over_thousands_of_variables_stay_finite_in_float32() -> 
         log_likelihood = values(model.log_likelihood(x))
         assert np.all(np.isfinite(log_likelihood))
         np.testing.assert_allclose(log_likelihood, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weights", PARAMETRISATIONS)
+def test_compact_one_hot_path_matches_the_generic_path(weights: str) -> None:
+    """Mixtures of fully factorised components, the shape whose products take the compact matrix product: data with
+    and without missing values, subsets of states (unused columns), impossible states that force the full one-hot."""
+    rng = np.random.default_rng(17)
+    cardinalities = (2, 3, 2, 3, 2)
+    for leaves in ("indicator_sums", "bernoulli_categorical", "with_indicators"):
+        components = []
+        for _ in range(3):
+            children: list[osp.Node] = []
+            for var, card in enumerate(cardinalities):
+                if leaves == "indicator_sums" or (leaves == "with_indicators" and var != 1):
+                    children.append(osp.Sum([osp.Indicator(var, c) for c in range(card)], rng.uniform(0.2, 2, card)))
+                elif leaves == "with_indicators":
+                    children.append(osp.Indicator(var, int(rng.integers(0, card))))
+                elif card == 2:
+                    children.append(osp.Bernoulli(var, rng.uniform(0.1, 0.9)))
+                else:
+                    children.append(osp.Categorical(var, rng.dirichlet(np.ones(card))))
+            components.append(osp.Product(children))
+        root = osp.Sum(components, rng.uniform(0.5, 2.0, size=3))
+        fast = osp.compile(root, weights, dtype=torch.float64)
+        generic = osp.compile(root, weights, dtype=torch.float64, fast=False)
+        states = all_states(cardinalities)
+        for data in (states, states[states[:, 1] < 2], random_evidence(states, rng, rows=40), states[:1]):
+            encoded = fast.encode(data)
+            assert encoded.compact is not None and encoded.compact.values.shape[0] == len(data)
+            expected = values(generic.log_likelihood(data))
+            np.testing.assert_allclose(values(fast.log_likelihood(encoded)), expected, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(values(fast.log_unnormalised(data)), values(generic.log_unnormalised(data)),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_compact_one_hot_reproduces_the_matrix_product() -> None:
+    rng = np.random.default_rng(2)
+    model = osp.compile(osp.Product([osp.Categorical(d, [0.2, 0.3, 0.5]) for d in range(4)]), dtype=torch.float64)
+    data = rng.integers(0, 3, size=(30, 4)).astype(np.float64)
+    data[:, 2] = 1.0  # a variable with one observed state keeps no column
+    data[rng.random(data.shape) < 0.2] = np.nan
+    encoded = model.encode(data)
+    compact = encoded.compact
+    onehot = encoded.onehot[:-1]
+    assert compact.values.shape[1] < onehot.shape[1]
+    matrix = torch.randn(onehot.shape[1], 5, dtype=torch.float64)
+    expected = onehot @ matrix
+    rebuilt = matrix[compact.references].sum(0) + compact.values @ (matrix[compact.columns]
+                                                                    - matrix[compact.column_references])
+    torch.testing.assert_close(rebuilt, expected, rtol=1e-12, atol=1e-12)

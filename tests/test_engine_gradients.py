@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from strategies import RandomStructure, all_states, structures
 
 import overspn as osp
+from overspn.compiled import logsumexp
 
 PARAMETRISATIONS = ("raw", "log", "softmax")
 
@@ -137,3 +139,32 @@ def test_impossible_branches_get_zero_not_nan_gradients(weights: str, fast: bool
     data = np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [np.nan, 1.0]])
     check_gradients(model, data)
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def test_a_zero_raw_weight_does_not_poison_training() -> None:
+    """log 0 = -inf has gradient 0, not NaN; the optimiser's floor clamp then lifts the weight to the floor."""
+    indicator_sum = osp.Sum([osp.Indicator(1, 0), osp.Indicator(1, 1)], [0.0, 1.0])
+    components = [osp.Product([osp.Bernoulli(0, 0.3), indicator_sum]),
+                  osp.Product([osp.Bernoulli(0, 0.6), osp.Bernoulli(1, 0.5)])]
+    model = osp.compile(osp.Sum(components, [0.0, 1.0]), "raw", floor=1e-3, dtype=torch.float64)
+    data = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, np.nan]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    (-model.log_likelihood(data).mean()).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    optimizer.step()
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert model.layers[0].weights.param[0].item() == 1e-3
+    assert bool(torch.isfinite(model.log_likelihood(data)).all())
+
+
+def test_logsumexp_gradient_is_zero_on_impossible_rows_and_twice_differentiable() -> None:
+    scores = torch.tensor([[-math.inf, -math.inf], [0.0, 1.0], [-math.inf, 2.0]], dtype=torch.float64,
+                          requires_grad=True)
+    values = logsumexp(scores, dim=1)
+    assert values[0].item() == -math.inf
+    (gradient,) = torch.autograd.grad(values[1:].sum() + 0 * values[0], scores)
+    torch.testing.assert_close(gradient, torch.tensor([[0.0, 0.0], [1 / (1 + math.e), math.e / (1 + math.e)],
+                                                       [0.0, 1.0]], dtype=torch.float64))
+    finite = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: logsumexp(t, 1), (finite,))
+    assert torch.autograd.gradgradcheck(lambda t: logsumexp(t, 2), (finite,))

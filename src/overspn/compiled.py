@@ -11,7 +11,10 @@ Layout of the program (``N`` rows of data, ``D`` variables, ``C`` the largest ca
   Rows are gathered per sample with one ``take`` over the integer codes of the data.
 * Gaussian leaves are one vectorised log-density ``(N, G)``.
 * Products whose children are all discrete inputs are evaluated as a matrix product ``onehot(codes) @ table``
-  ``(N, D (C + 1)) @ (D (C + 1), P)``: the fast form of a product of univariate leaves over many variables.
+  ``(N, D (C + 1)) @ (D (C + 1), P)``: the fast form of a product of univariate leaves over many variables. Since
+  every row has exactly one 1 per variable block, encoded data also keeps a compact one-hot without one reference
+  column per variable and without unused columns (for complete binary data ``D`` columns, like ``x`` itself); while
+  the table is finite on those columns the product is ``bias + compact @ (W[kept] - W[reference])``.
 * Every other product layer is a gather + sum over ``(N, P, A)``; every sum layer a gather + log-sum-exp over
   ``(N, S, A)`` with log-weights ``(S, A)`` (padding carries log-weight -inf).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -98,14 +102,19 @@ class SumWeights(nn.Module):
             self.param.overspn_floor = floor  # type: ignore[attr-defined]
         self.register_buffer("index", torch.from_numpy(index), persistent=False)
         self.register_buffer("pad_mask", torch.from_numpy(index == len(flat)), persistent=False)
+        # all sums of the same arity: the (S, A) matrix is a view of the flat parameter, no padding gather needed
+        self.has_padding = bool((index == len(flat)).any())
 
     def _padded(self, flat: torch.Tensor, fill: float) -> torch.Tensor:
+        if not self.has_padding:
+            return flat.view(self.index.shape)
         extended = torch.cat([flat, flat.new_full((1,), fill)])
         return extended[self.index]
 
     def log_weights(self) -> torch.Tensor:
         if self.parametrisation == "raw":
-            return self._padded(torch.log(self.param), -math.inf)
+            # a weight of exactly 0 gets gradient 0 (not 0 / 0 = NaN); the floor clamp lifts it after the step
+            return self._padded(_log_or_minus_inf(self.param), -math.inf)
         if self.parametrisation == "log":
             return self._padded(self.param, -math.inf)
         return torch.log_softmax(self._padded(self.param, -math.inf), dim=1)
@@ -160,10 +169,22 @@ class DiscreteInputs(nn.Module):
             self.indicator_sum_weights = SumWeights(
                 [n.weights for n in indicator_sums], parametrisation, floor, dtype
             )
-            values = np.full((len(indicator_sums), self.indicator_sum_weights.arity), card + 1, dtype=np.int64)
+            arity = self.indicator_sum_weights.arity
+            values = np.full((len(indicator_sums), arity), card + 1, dtype=np.int64)
             for row, node in enumerate(indicator_sums):
                 values[row, : len(node.children)] = [child.value for child in node.children]
             self.register_buffer("indicator_sum_values", torch.from_numpy(values), persistent=False)
+            # When no sum has two indicators of one state (the usual case), its per-state log-values are its
+            # log-weights, gathered from the flattened (S, A) log-weights; S * A is a -inf slot for absent states.
+            states = None
+            if all(len({c.value for c in n.children}) == len(n.children) for n in indicator_sums):
+                states = np.full((len(indicator_sums), card), len(indicator_sums) * arity, dtype=np.int64)
+                for row, node in enumerate(indicator_sums):
+                    for column, child in enumerate(node.children):
+                        states[row, child.value] = row * arity + column
+                self.indicator_sums_cover_all_states = bool((states < len(indicator_sums) * arity).all())
+            self.register_buffer("indicator_sum_states", None if states is None else torch.from_numpy(states),
+                                 persistent=False)
 
     def table(self, maximise: bool = False) -> torch.Tensor:
         """The ``(J, C + 1)`` log-table; with ``maximise`` the last column is the max over states (max-product)."""
@@ -193,6 +214,11 @@ class DiscreteInputs(nn.Module):
             table = log_w.new_full((len(log_w), card + 2), -math.inf)
             table = table.scatter_reduce(1, values, log_w, reduce="amax")
             return table[:, : card + 1]
+        if self.indicator_sum_states is not None:
+            flat = log_w.reshape(-1)
+            if not self.indicator_sums_cover_all_states:
+                flat = torch.cat([flat, flat.new_full((1,), -math.inf)])
+            return torch.cat([flat[self.indicator_sum_states], logsumexp(log_w, dim=1).unsqueeze(1)], dim=1)
         shift = log_w.amax(dim=1, keepdim=True).detach()
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         scaled = torch.exp(log_w - shift)
@@ -298,23 +324,42 @@ class TabularProductLayer(nn.Module):
     where W holds each child's table row in the block of its variable and zeros (log 1) elsewhere.
     """
 
-    def __init__(self, num_vars: int, cardinality: int, rows: np.ndarray, vars_: np.ndarray, products: np.ndarray,
-                 num_products: int, generic: ProductLayer):
+    def __init__(self, num_vars: int, cardinality: int, num_table_rows: int, rows: np.ndarray, vars_: np.ndarray,
+                 products: np.ndarray, num_products: int, generic: ProductLayer):
         super().__init__()
         self.num_vars, self.cardinality, self.num_products = num_vars, cardinality, num_products
-        self.register_buffer("rows", torch.from_numpy(rows), persistent=False)
-        self.register_buffer("vars_", torch.from_numpy(vars_), persistent=False)
-        self.register_buffer("products", torch.from_numpy(products), persistent=False)
+        width = cardinality + 1
+        # W[v (C+1) + c, p] = table[row, c] for the child ``row`` of product p on variable v, else log 1 = 0: an
+        # index into the flattened table followed by one slot holding 0
+        source = np.full((num_vars, width, num_products), num_table_rows * width, dtype=np.int64)
+        source[vars_[:, None], np.arange(width)[None, :], products[:, None]] = rows[:, None] * width + np.arange(width)
+        self.register_buffer("source", torch.from_numpy(source.reshape(num_vars * width, num_products)),
+                             persistent=False)
+        missing = np.arange(num_vars) * width + cardinality
+        self.register_buffer("missing_columns", torch.from_numpy(missing), persistent=False)
         self.generic = generic
 
     def matrix(self, table: torch.Tensor) -> torch.Tensor:
-        width = self.cardinality + 1
-        states = torch.arange(width, device=table.device)
-        blocks = table.new_zeros((self.num_vars, width, self.num_products))
-        blocks = blocks.index_put((self.vars_[:, None], states[None, :], self.products[:, None]), table[self.rows])
-        return blocks.view(self.num_vars * width, self.num_products)
+        return self._flat_table(table)[self.source]
 
-    def forward(self, onehot: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _flat_table(table: torch.Tensor) -> torch.Tensor:
+        return torch.cat([table.reshape(-1), table.new_zeros(1)])
+
+    def forward(self, onehot: torch.Tensor, table: torch.Tensor, compact: CompactOneHot | None = None,
+                partition_row: bool = False) -> torch.Tensor:
+        """``(N, P)`` log-products; with ``compact`` (the data rows, without the partition row when there is one)
+        the narrower matrix product is used whenever the table is finite on the columns it keeps."""
+        if compact is not None:
+            flat = self._flat_table(table)
+            kept, reference = flat[self.source[compact.columns]], flat[self.source[compact.references]]
+            # one check (and, on an accelerator, one synchronisation) for both: the entries are finite or -inf
+            if bool(torch.isfinite(kept.sum() + reference.sum())):
+                weights = kept - flat[self.source[compact.column_references]]
+                product = torch.addmm(reference.sum(0), compact.values, weights)
+                if not partition_row:
+                    return product
+                return torch.cat([product, flat[self.source[self.missing_columns]].sum(0, keepdim=True)])
         matrix = self.matrix(table)
         impossible = torch.isinf(matrix)
         if not bool(impossible.any()):
@@ -331,16 +376,49 @@ def _log_or_minus_inf(values: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.log(torch.where(positive, values, torch.ones_like(values))), -math.inf)
 
 
+class _LogSumExp(torch.autograd.Function):
+    """torch.logsumexp forward (fewer passes over the scores than a hand-written shift, exp, sum, log) with the
+    gradient softmax(scores), 0 where a row is entirely -inf (torch's own gradient is NaN there). The backward is
+    made of differentiable operations, so it can be differentiated again."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, dim: int) -> torch.Tensor:
+        result = torch.logsumexp(scores, dim=dim)
+        ctx.save_for_backward(scores, result)
+        ctx.dim = dim
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        scores, result = ctx.saved_tensors
+        result = result.unsqueeze(ctx.dim)
+        # a row that is entirely -inf has result -inf; shifting it by 0 instead gives exp(-inf) = 0, not NaN
+        shift = torch.where(result > -math.inf, result, torch.zeros_like(result))
+        return grad.unsqueeze(ctx.dim) * torch.exp(scores - shift), None
+
+
 def logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """Log-sum-exp that stays finite-gradient when a row is entirely -inf (its value is -inf, its gradient 0)."""
-    shift = scores.amax(dim=dim, keepdim=True).detach()
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    return _log_or_minus_inf(torch.exp(scores - shift).sum(dim=dim)) + shift.squeeze(dim)
+    return _LogSumExp.apply(scores, dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The compiled model
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactOneHot:
+    """The one-hot data rows without unused columns and without one reference column per variable.
+
+    Each row has exactly one 1 in every variable's block, so ``onehot @ W = sum_d W[references[d]] + values @
+    (W[columns] - W[column_references])`` for any ``W`` that is finite on ``columns`` and ``references``.
+    """
+
+    values: torch.Tensor  # (rows, K): the kept columns of the one-hot
+    columns: torch.Tensor  # (K,) their positions in the full one-hot
+    column_references: torch.Tensor  # (K,) the reference column of each kept column's variable
+    references: torch.Tensor  # (D,) the reference column of every variable: its first state present in the data
 
 
 @dataclass(frozen=True)
@@ -360,6 +438,22 @@ class EncodedData:
     @property
     def num_rows(self) -> int:
         return self.codes.shape[0] - int(self.with_partition)
+
+    @cached_property
+    def compact(self) -> CompactOneHot | None:
+        """The compact form of the one-hot data rows (computed on first use, then kept)."""
+        if self.onehot is None or self.num_rows == 0:
+            return None
+        data = self.onehot[: self.num_rows]
+        num_vars = self.codes.shape[1]
+        width = data.shape[1] // num_vars
+        used = (data.amax(dim=0) > 0).view(num_vars, width)
+        first = used.to(torch.uint8).argmax(dim=1)
+        references = torch.arange(num_vars, device=data.device) * width + first
+        kept = used.clone()
+        kept[torch.arange(num_vars, device=data.device), first] = False
+        columns = kept.view(-1).nonzero().squeeze(1)
+        return CompactOneHot(data[:, columns].contiguous(), columns, references[columns // width], references)
 
 
 @dataclass(frozen=True)
@@ -450,7 +544,8 @@ class CompiledSPN(nn.Module):
             rows = np.array([position[c][1] for n in tabular for c in n.children], dtype=np.int64)
             vars_ = np.array([var_of[c] for n in tabular for c in n.children], dtype=np.int64)
             generic = ProductLayer(self._children(tabular, position, widths))
-            self.tabular = TabularProductLayer(num_vars, card, rows, vars_, products, len(tabular), generic)
+            self.tabular = TabularProductLayer(num_vars, card, len(self.discrete.order), rows, vars_, products,
+                                               len(tabular), generic)
             widths.append(len(tabular))
             for col, node in enumerate(tabular):
                 position[node] = (2, col)
@@ -469,6 +564,9 @@ class CompiledSPN(nn.Module):
             for col, node in enumerate(nodes):
                 position[node] = (output, col)
         self._root_position = position[order[-1]]
+        # whether the fast path needs the per-sample discrete input values besides the tabular products
+        self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
+            0 in layer.children_.sources for layer in self.layers)
         self._records = self._make_records(order, position, tabular_set)
         self._widths = widths
 
@@ -591,9 +689,7 @@ class CompiledSPN(nn.Module):
         table = self.discrete.table(maximise) if self.discrete is not None else None
         if table is not None:
             width = self.cardinality + 1
-            needs_gather = generic or self.tabular is None or self._root_position[0] == 0 or any(
-                0 in layer.children_.sources for layer in self.layers)
-            if needs_gather:
+            if generic or self._inputs_read_directly:
                 flat_index = torch.arange(len(table), device=table.device) * width + data.codes[:, self.discrete_vars]
                 outputs.append(table.reshape(-1)[flat_index])
             else:
@@ -612,10 +708,10 @@ class CompiledSPN(nn.Module):
             if generic:
                 outputs.append(self.tabular.generic(outputs))
             else:
-                onehot = data.onehot
+                onehot, compact = data.onehot, data.compact
                 if onehot is None:
                     onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(rows, -1)
-                outputs.append(self.tabular(onehot, table))
+                outputs.append(self.tabular(onehot, table, compact, data.with_partition))
         for layer in self.layers:
             if isinstance(layer, SumLayer):
                 outputs.append(layer(outputs, mode, generator))
