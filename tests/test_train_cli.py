@@ -199,9 +199,10 @@ def test_two_process_training_equals_single_process_training(splits: dict[str, P
                "--threads", "1", "--quiet"]
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
                    "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "overspn.cli", *options, "--distributed", "--out", str(tmp_path / "two")], check=True,
-                   env=environment, timeout=180, capture_output=True)
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "overspn.cli", *options, "--distributed", "--out", str(tmp_path / "two")],
+                              env=environment, timeout=300, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
     assert main([*options, "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     double = json.loads((tmp_path / "two" / "metrics.json").read_text())

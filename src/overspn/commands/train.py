@@ -121,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     finally:
-        dist.destroy_process_group()
+        # leave together: a process that tears down its connections while another still holds them aborts
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def _run(args: argparse.Namespace) -> int:
