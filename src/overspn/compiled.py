@@ -12,9 +12,10 @@ Layout of the program (``N`` rows of data, ``D`` variables, ``C`` the largest ca
 * Gaussian leaves are one vectorised log-density ``(N, G)``.
 * Products whose children are all discrete inputs are evaluated as a matrix product ``onehot(codes) @ table``
   ``(N, D (C + 1)) @ (D (C + 1), P)``: the fast form of a product of univariate leaves over many variables. Since
-  every row has exactly one 1 per variable block, encoded data also keeps a compact one-hot without one reference
-  column per variable and without unused columns (for complete binary data ``D`` columns, like ``x`` itself); while
-  the table is finite on those columns the product is ``bias + compact @ (W[kept] - W[reference])``.
+  every row has exactly one 1 per variable block, data encoded once by the caller (``model.encode``, as training
+  does) also gets a compact one-hot without one reference column per variable and without unused columns (for
+  complete binary data ``D`` columns, like ``x`` itself); while the table is finite on those columns the product
+  is ``bias + compact @ (W[kept] - W[reference])``.
 * Every other product layer is a gather + sum over ``(N, P, A)``; every sum layer a gather + log-sum-exp over
   ``(N, S, A)`` with log-weights ``(S, A)`` (padding carries log-weight -inf).
 
@@ -447,11 +448,12 @@ class EncodedData:
         data = self.onehot[: self.num_rows]
         num_vars = self.codes.shape[1]
         width = data.shape[1] // num_vars
+        variables = torch.arange(num_vars, device=data.device)
         used = (data.amax(dim=0) > 0).view(num_vars, width)
         first = used.to(torch.uint8).argmax(dim=1)
-        references = torch.arange(num_vars, device=data.device) * width + first
+        references = variables * width + first
         kept = used.clone()
-        kept[torch.arange(num_vars, device=data.device), first] = False
+        kept[variables, first] = False
         columns = kept.view(-1).nonzero().squeeze(1)
         return CompactOneHot(data[:, columns].contiguous(), columns, references[columns // width], references)
 
@@ -677,10 +679,12 @@ class CompiledSPN(nn.Module):
     # -- evaluation ----------------------------------------------------------------------------------------------
 
     def _evaluate(self, data: EncodedData, mode: str = "sum", generator: Any = None,
-                  inputs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+                  inputs_out: list[torch.Tensor] | None = None, use_compact: bool = False) -> torch.Tensor:
         """Root log-values ``(N,)``; ``mode`` is "sum" (exact), "max" (max-product) or "sample" (Gumbel selection).
 
         With ``inputs_out`` the input-layer outputs are appended to it, for backtracking by autograd.
+        ``use_compact``: use (and on first use compute) the compact one-hot of ``data``; worth it for data that is
+        evaluated repeatedly, i.e. encoded by the caller.
         """
         maximise = mode == "max"
         generic = mode != "sum" or not self.fast
@@ -708,7 +712,7 @@ class CompiledSPN(nn.Module):
             if generic:
                 outputs.append(self.tabular.generic(outputs))
             else:
-                onehot, compact = data.onehot, data.compact
+                onehot, compact = data.onehot, data.compact if use_compact else None
                 if onehot is None:
                     onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(rows, -1)
                 outputs.append(self.tabular(onehot, table, compact, data.with_partition))
@@ -723,7 +727,7 @@ class CompiledSPN(nn.Module):
     def log_unnormalised(self, x: Any) -> torch.Tensor:
         """``(N,)`` log f(x); NaN entries are marginalised."""
         data = self.encode(x, with_partition=False)
-        values = self._evaluate(data)
+        values = self._evaluate(data, use_compact=isinstance(x, EncodedData))
         return values[:-1] if data.with_partition else values
 
     def log_partition(self) -> torch.Tensor:
@@ -734,7 +738,7 @@ class CompiledSPN(nn.Module):
     def log_likelihood(self, x: Any) -> torch.Tensor:
         """``(N,)`` log f(x) - log f(*): normalised log-probabilities (densities for Gaussian leaves)."""
         data = self.encode(x, with_partition=True)
-        values = self._evaluate(data)
+        values = self._evaluate(data, use_compact=isinstance(x, EncodedData))
         if not data.with_partition:
             return values - self.log_partition()
         return values[:-1] - values[-1]
