@@ -37,6 +37,7 @@ def files(folder: Path) -> dict[str, str]:
         "good.csv": "1,0\n0,1\n1,1\n0,0\n",
         "wide.csv": "1,0,1\n",
         "empty.csv": "",
+        "constant.csv": "0.5,2\n1.5,2\n-0.5,2\n",
     }
     paths = {}
     for name, text in contents.items():
@@ -95,6 +96,15 @@ CASES = [
     CliCase("compare: unknown method",
             lambda d: ["compare", "--methods", "gd,newton", "--out", str(d / "out" / "13")], 2,
             ("overspn compare: error:", "unknown method 'newton'")),
+    CliCase("train: constant column for Gaussian leaves",
+            lambda d: ["train", "--train", str(d / "constant.csv"), "--leaf", "gaussian", *out(d, "14")], 2,
+            ("column 1", "constant")),
+    CliCase("dynamics: zero threads",
+            lambda d: ["dynamics", "--threads", "0", "--out", str(d / "out" / "15")], 2,
+            ("overspn dynamics: error:", "--threads", "integer >= 1")),
+    CliCase("compare: target that is not a number",
+            lambda d: ["compare", "--target", "nan", "--out", str(d / "out" / "16")], 2,
+            ("overspn compare: error:", "--target", "finite")),
     CliCase("no subcommand", lambda d: [], 2, ("overspn: error:", "required")),
     CliCase("unknown subcommand", lambda d: ["fit"], 2, ("overspn: error:", "invalid choice: 'fit'")),
 ]

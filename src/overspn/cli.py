@@ -47,6 +47,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
 
 
+def finite_float(text: str) -> float:
+    """argparse type: any finite float (e.g. a target log-likelihood)."""
+    return _number(text, float, "a finite number", math.isfinite)
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite float >= 0."""
     return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)

@@ -50,8 +50,9 @@ def mixture(num_vars: int, num_components: int, leaf: str = "indicator", seed: i
     """
     if leaf not in MIXTURE_LEAVES:
         raise ConfigurationError(f"leaf must be one of {MIXTURE_LEAVES}, got {leaf!r}")
-    if num_vars < 1 or num_components < 1:
-        raise ConfigurationError(f"need num_vars >= 1 and num_components >= 1, got {num_vars} and {num_components}")
+    for label, count in (("num_vars", num_vars), ("num_components", num_components)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ConfigurationError(f"{label} must be an int >= 1, got {count!r}")
     if not (0 <= perturbation < 1 or leaf == "gaussian") or not math.isfinite(perturbation):
         raise ConfigurationError(f"perturbation must lie in [0, 1), got {perturbation!r}")
     rng = np.random.default_rng(seed)
@@ -116,8 +117,9 @@ def overparametrize(root: Node, branching: Sequence[int] = (2, 2, 2), init: floa
         raise ConfigurationError(
             f"the product of branching {branching} is {math.prod(branching)}, but the root has {len(components)} "
             "children")
-    if init is not None and not (math.isfinite(init) and init >= 0):
-        raise ConfigurationError(f"init must be a finite non-negative number, got {init!r}")
+    if init is not None and not (math.isfinite(init) and init > 0):
+        raise ConfigurationError(f"init must be a finite number > 0 (a sum with all weights zero is invalid), got "
+                                 f"{init!r}")
 
     def build(layer: int, first: int, count: int) -> tuple[Node, float]:
         """The sub-tree over components [first, first + count) at ``layer``; returns it with its total weight."""

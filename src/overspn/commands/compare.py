@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..cli import finite_float, positive_int
 from ..compiled import CompiledSPN
 from ..compiled import compile as compile_spn
 from ..data import load_dataset
@@ -366,13 +367,14 @@ def register(subparsers: Any) -> None:
         description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=("paper", "log", "both"), default="paper")
     parser.add_argument("--datasets", help="comma-separated data sets (default: the protocol's)")
-    parser.add_argument("--iterations", type=int, help="iterations per run (default: the protocol's)")
-    parser.add_argument("--seeds", type=int, default=5, help="runs per method, seeds 0..N-1 (default 5)")
+    parser.add_argument("--iterations", type=positive_int, help="iterations per run (default: the protocol's)")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="runs per method, seeds 0..N-1 (default 5)")
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--target", type=float, help="target train log-likelihood (default: gradient ascent's mean "
-                                                     "final value)")
-    parser.add_argument("--timing-steps", type=int, default=20, help="steps per method and round of the timing")
-    parser.add_argument("--timing-rounds", type=int, default=7, help="interleaved rounds of the timing")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--target", type=finite_float,
+                        help="target train log-likelihood (default: gradient ascent's mean final value)")
+    parser.add_argument("--timing-steps", type=positive_int, default=20,
+                        help="steps per method and round of the timing")
+    parser.add_argument("--timing-rounds", type=positive_int, default=7, help="interleaved rounds of the timing")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(handler=handle)

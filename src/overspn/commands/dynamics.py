@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..cli import non_negative_float, non_negative_int, positive_float, positive_int
 from ..data import load_dataset
 from ..dynamics import Trace, Tracer, loglog_slope
 from ..errors import ConfigurationError
@@ -254,13 +255,13 @@ def register(subparsers: Any) -> None:
                                                     "theory", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="nltcs")
     parser.add_argument("--branching", default="2,2,2", help="comma-separated branching of the sum layers")
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--perturbation", type=float, default=1e-12)
-    parser.add_argument("--init", type=float, default=1e-4, help="initial value of every sum-layer weight")
-    parser.add_argument("--floor", type=float, default=1e-4)
+    parser.add_argument("--lr", type=positive_float, default=0.01)
+    parser.add_argument("--iterations", type=positive_int, default=500)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--perturbation", type=non_negative_float, default=1e-12)
+    parser.add_argument("--init", type=positive_float, default=1e-4, help="initial value of every sum-layer weight")
+    parser.add_argument("--floor", type=non_negative_float, default=1e-4)
     parser.add_argument("--etas", default=DEFAULT_ETAS, help="step sizes of the first-order residual check")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", required=True)
     parser.set_defaults(handler=handle)

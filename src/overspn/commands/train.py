@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..data import BINARY_DATASETS, load_csv, load_dataset
+from ..data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
 from ..errors import ConfigurationError, DataError, DivergenceError
 from ..rat import LEAF_KINDS, RatConfig, RatSPN
 from ..serialization import save
@@ -135,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     name, train_data, valid_data, test_data = _load_data(args)
     leaf = args.leaf or infer_leaf(train_data, valid_data, test_data)[0]
+    if leaf == "gaussian":
+        check_continuous(train_data, f"the train split of {name}")
     cardinality = _num_states(train_data, valid_data, test_data) if leaf == "categorical" else 2
     structure = parse_structure(args.structure)
     config = RatConfig(num_vars=train_data.shape[1], leaf=leaf, cardinality=cardinality, seed=args.seed, **structure)
