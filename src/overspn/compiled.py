@@ -477,13 +477,28 @@ class CompiledSPN(nn.Module):
         super().__init__()
         if weights not in WEIGHT_PARAMETRISATIONS:
             raise ConfigurationError(f"weights must be one of {WEIGHT_PARAMETRISATIONS}, got {weights!r}")
-        if not (math.isfinite(floor) and floor >= 0):
-            raise ConfigurationError(f"floor must be finite and >= 0, got {floor!r}")
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (math.isfinite(floor) and floor >= 0):
+            raise ConfigurationError(f"floor must be a finite number >= 0, got {floor!r}")
+        if num_vars is not None and (isinstance(num_vars, bool) or not isinstance(num_vars, (int, np.integer))):
+            raise ConfigurationError(f"num_vars must be an int, got {num_vars!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         order = validate(root)
         self.parametrisation, self.floor, self.fast = weights, floor, fast
         self._build(order, num_vars, dtype)
+        self._check_representable(dtype)
+
+    def _check_representable(self, dtype: torch.dtype) -> None:
+        """Parameters valid in float64 may overflow or underflow in float32; say so instead of returning NaN later."""
+        problem = None
+        for name, parameter in self.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                problem = f"parameter {name!r} is not finite in {dtype}"
+        if self.gaussian is not None and not bool((torch.exp(self.gaussian.log_std) > 0).all()):
+            problem = f"a Gaussian standard deviation underflows to 0 in {dtype}"
+        if problem is not None:
+            raise StructureError(f"{problem}: the structure's parameters do not fit this dtype; use "
+                                 "dtype=torch.float64 or rescale the weights")
 
     # -- construction --------------------------------------------------------------------------------------------
 
@@ -776,6 +791,8 @@ class CompiledSPN(nn.Module):
 
     def sample(self, n: int, evidence: Any = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` ancestral samples, conditioned on the non-NaN entries of ``evidence`` ``(D,)`` or ``(n, D)``."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ConfigurationError(f"the number of samples must be an int >= 0, got {n!r}")
         if evidence is None:
             values = torch.full((n, self.num_vars), math.nan, dtype=self.dtype, device=self.device)
         else:
