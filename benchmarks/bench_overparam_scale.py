@@ -44,13 +44,13 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from provenance import source_revision
 
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
@@ -224,18 +224,6 @@ def markdown(summary: dict[str, Any]) -> str:
                 + ", ".join(f"{curve[c]:.2f}" for c in CURVE_EPOCHS if c in curve)
                 + f" | {e['median_test']:.3f} [{e['test_spread'][0]:.3f}, {e['test_spread'][1]:.3f}] |")
     return "\n".join(lines)
-
-
-def source_revision() -> str:
-    """The commit the measured code comes from, marked "+modified" when src/ differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+modified" if dirty else "")
 
 
 def main() -> None:

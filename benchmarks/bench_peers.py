@@ -42,7 +42,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import source_revision
 
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
@@ -311,18 +311,6 @@ def markdown(cells: list[dict[str, Any]], names: list[str], key: str) -> str:
         row += [f"{cell['results'][n]['ratio_to_overspn']:.2f}" for n in names if n != "overspn"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def source_revision() -> str:
-    """The commit the measured code comes from, marked "+modified" when src/ differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+modified" if dirty else "")
 
 
 def main() -> None:

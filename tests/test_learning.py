@@ -13,15 +13,6 @@ from overspn.errors import ConfigurationError, DivergenceError
 from overspn.learning import History, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: extra torch threads only cost start-up time (a lot on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(a: float = 0.7, b: float = 0.3, u: tuple[float, float] = (0.6, 0.2),
                v: tuple[float, float] = (0.1, 0.5)) -> osp.Sum:
     """f(x) = a u_x + b v_x over one binary variable, all weights raw and unnormalised."""

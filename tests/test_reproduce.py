@@ -33,14 +33,6 @@ from overspn.learning import History, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are small: extra torch threads only cost start-up time (a lot on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def write_binary_data(folder: Path, name: str, rows: int, num_vars: int, seed: int = 0) -> Path:
     """``folder/name/name.{train,test}.data``: rows drawn from a mixture of three product distributions."""

@@ -19,14 +19,6 @@ from overspn.learning import train
 LEAVES = ("indicator", "bernoulli", "categorical", "gaussian")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: extra torch threads only cost start-up time (a lot on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def random_mixture(num_vars: int, components: int, leaf: str, seed: int) -> osp.Sum:
     """The paper's mixture with random leaf parameters and random root weights."""
