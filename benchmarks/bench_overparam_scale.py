@@ -32,7 +32,7 @@ runs' best, "50%" and "90%" are ``start + 0.5 (end - start)`` and ``start + 0.9 
 Runs are written to the JSON file as they finish; an interrupted benchmark resumes where it stopped (runs with the
 same settings are reused).
 
-    OVERSPN_DATA=/work/shared/datasets python benchmarks/bench_overparam_scale.py [--datasets nltcs plants baudio]
+    OVERSPN_DATA=../shared/datasets python benchmarks/bench_overparam_scale.py [--datasets nltcs plants baudio]
         [--seeds 0 1 2] [--epochs 10] [--time-budget 600] [--lr 0.5]
 """
 

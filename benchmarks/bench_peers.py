@@ -31,7 +31,7 @@ The peers live in their own environment (they are not dependencies of overspn)::
 
     python -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0
     .venv-bench/bin/pip install -e ".[bench]"
-    OVERSPN_DATA=/work/shared/datasets .venv-bench/bin/python benchmarks/bench_peers.py [--threads 1]
+    OVERSPN_DATA=../shared/datasets .venv-bench/bin/python benchmarks/bench_peers.py [--threads 1]
 """
 
 from __future__ import annotations
