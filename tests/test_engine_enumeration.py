@@ -205,7 +205,7 @@ def test_mixed_discrete_continuous_marginal_by_quadrature() -> None:
 
     total = 0.0
     for x0 in (0.0, 1.0):
-        marginal = math.exp(float(model.log_likelihood(np.array([[x0, np.nan, np.nan]]))[0]))
+        marginal = math.exp(model.log_likelihood(np.array([[x0, np.nan, np.nan]])).detach()[0].item())
         # beyond +-12 both components' densities are below 1e-20
         integral = sum(integrate.fixed_quad(density, -12.0, 12.0, args=(x0, c), n=200)[0] for c in range(3))
         assert integral == pytest.approx(marginal, rel=1e-10)
