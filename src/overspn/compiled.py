@@ -92,17 +92,11 @@ class SumWeights(nn.Module):
         self.parametrisation = parametrisation
         self.arity = arity
         values = torch.tensor(flat, dtype=torch.float64)
-        if parametrisation == "raw":
-            initial = values
-        elif parametrisation == "log":
-            initial = torch.log(values)
-        else:  # softmax: logits whose per-node log-softmax reproduces the normalised weights
-            initial = torch.log(values)
-        self.param = nn.Parameter(initial.to(dtype))
+        # "log" stores log w; "softmax" stores logits whose per-node log-softmax gives the normalised weights
+        self.param = nn.Parameter((values if parametrisation == "raw" else torch.log(values)).to(dtype))
         if parametrisation == "raw":
             self.param.overspn_floor = floor  # type: ignore[attr-defined]
         self.register_buffer("index", torch.from_numpy(index), persistent=False)
-        self.register_buffer("pad_mask", torch.from_numpy(index == len(flat)), persistent=False)
         # all sums of the same arity: the (S, A) matrix is a view of the flat parameter, no padding gather needed
         self.has_padding = bool((index == len(flat)).any())
 
@@ -587,7 +581,6 @@ class CompiledSPN(nn.Module):
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
             0 in layer.children_.sources for layer in self.layers)
         self._records = self._make_records(order, position, tabular_set)
-        self._widths = widths
 
     @staticmethod
     def _children(nodes: list[Node], position: dict[Node, tuple[int, int]], widths: list[int]) -> _Gather:
