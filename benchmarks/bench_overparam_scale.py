@@ -54,9 +54,9 @@ from provenance import source_revision
 
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
-from overspn.optim import Overparametrized
-from overspn.rat import RatConfig, RatSPN
-from overspn.training import evaluate
+from overspn.engine.rat import RatConfig, RatSPN
+from overspn.learn.optim import Overparametrized
+from overspn.learn.training import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("plain", "elementwise-2", "tree-2")

@@ -53,7 +53,7 @@ from provenance import source_revision
 
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
-from overspn.rat import RatConfig, RatSPN
+from overspn.engine.rat import RatConfig, RatSPN
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNING_RATE = 0.01

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from overspn.atomic import atomic_write_json
-from overspn.rat import RatConfig, RatSPN
+from overspn.engine.rat import RatConfig, RatSPN
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VARS, ROWS, DEPTH, REPETITIONS = 100, 2000, 3, 10

@@ -21,9 +21,11 @@ import pytest
 import torch
 
 import overspn as osp
-from overspn import cli, data
+from overspn import data
+from overspn.cli import argtypes
+from overspn.cli import main as cli
 from overspn.errors import ConfigurationError, DataError, ModelFileError, OverspnError, StructureError
-from overspn.learning import train
+from overspn.learn.learning import train
 
 
 @dataclass(frozen=True)
@@ -355,8 +357,8 @@ def _register_fixture(subparsers: object) -> None:
     parser.add_argument("--train", required=True)
     parser.add_argument("--test")
     parser.add_argument("--kind", choices=data.DATA_KINDS, default="binary")
-    parser.add_argument("--lr", type=cli.positive_float, default=0.1)
-    parser.add_argument("--iterations", type=cli.positive_int, default=1)
+    parser.add_argument("--lr", type=argtypes.positive_float, default=0.1)
+    parser.add_argument("--iterations", type=argtypes.positive_int, default=1)
     parser.add_argument("--model")
     parser.add_argument("--out")
     parser.set_defaults(handler=_fixture_command)
@@ -364,9 +366,9 @@ def _register_fixture(subparsers: object) -> None:
 
 @pytest.fixture
 def fixture_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("overspn.commands.fixture")
+    module = types.ModuleType("overspn.cli.fixture")
     module.register = _register_fixture  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "overspn.commands.fixture", module)
+    monkeypatch.setitem(sys.modules, "overspn.cli.fixture", module)
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "fixture"))
 
 
@@ -446,9 +448,9 @@ def test_data_of_zero_probability_diverge_at_iteration_zero() -> None:
 
 
 def test_mini_batch_training_with_a_huge_learning_rate_raises_divergence() -> None:
-    from overspn.rat import RatConfig, RatSPN
-    from overspn.training import TrainSettings
-    from overspn.training import train as train_rat
+    from overspn.engine.rat import RatConfig, RatSPN
+    from overspn.learn.training import TrainSettings
+    from overspn.learn.training import train as train_rat
 
     model = RatSPN(RatConfig(num_vars=4, depth=1, num_repetitions=2, num_sums=2, num_input=2, leaf="gaussian"))
     x = np.random.default_rng(0).normal(size=(60, 4))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from overspn import cli
+from overspn.cli import main as cli
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def test_errors_in_a_fresh_process(folder: Path) -> None:
     """The same, as a user runs it: all chosen cases at once, each in its own interpreter."""
     environment = {**os.environ, "OVERSPN_DATA": str(folder / "no-data"), "PYTHONWARNINGS": "ignore"}
     chosen = [case for case in CASES if case.in_subprocess]
-    modules = ["overspn.cli", "overspn"]  # the entry point of the installed script, and python -m overspn
+    modules = ["overspn.cli.main", "overspn"]  # the entry point of the installed script, and python -m overspn
     running = [subprocess.Popen([sys.executable, "-m", modules[i % 2], *case.arguments(folder)], env=environment,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i, case in enumerate(chosen)]
@@ -159,9 +159,9 @@ def _register_broken(subparsers: object) -> None:
 
 def test_an_unexpected_exception_is_one_line_unless_the_traceback_is_asked_for(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    module = types.ModuleType("overspn.commands.broken")
+    module = types.ModuleType("overspn.cli.broken")
     module.register = _register_broken  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "overspn.commands.broken", module)
+    monkeypatch.setitem(sys.modules, "overspn.cli.broken", module)
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "broken"))
     monkeypatch.delenv("OVERSPN_TRACEBACK", raising=False)
     assert cli.main(["broken"]) == 1

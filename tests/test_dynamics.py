@@ -13,9 +13,11 @@ import torch
 from torch.func import functional_call
 
 import overspn as osp
-from overspn.cli import main
+from overspn.cli.main import main
 from overspn.data import Dataset
-from overspn.dynamics import (
+from overspn.errors import ConfigurationError, StructureError
+from overspn.learn.optim import root_weight_parameter
+from overspn.studies.dynamics import (
     Tracer,
     component_weights,
     edge_values,
@@ -24,8 +26,6 @@ from overspn.dynamics import (
     loglog_slope,
     shallow_structure,
 )
-from overspn.errors import ConfigurationError, StructureError
-from overspn.optim import root_weight_parameter
 
 NUM_VARS = 4
 
@@ -222,7 +222,7 @@ def test_tracer_rejects_bad_options() -> None:
 
 def _fake_dataset(monkeypatch: pytest.MonkeyPatch, module: str, num_vars: int = 5) -> None:
     dataset = Dataset("tiny", _data(200, seed=1, num_vars=num_vars), None, _data(60, seed=2, num_vars=num_vars))
-    monkeypatch.setattr(f"overspn.commands.{module}.load_dataset", lambda name: dataset)
+    monkeypatch.setattr(f"overspn.cli.{module}.load_dataset", lambda name: dataset)
 
 
 def test_dynamics_command_writes_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from strategies import RandomStructure, all_states, structures
 
 import overspn as osp
-from overspn.compiled import logsumexp
+from overspn.engine.compiled import logsumexp
 
 PARAMETRISATIONS = ("raw", "log", "softmax")
 

@@ -10,7 +10,7 @@ import torch
 
 import overspn as osp
 from overspn.errors import ConfigurationError, DivergenceError
-from overspn.learning import History, train
+from overspn.learn.learning import History, train
 
 
 def tiny_model(a: float = 0.7, b: float = 0.3, u: tuple[float, float] = (0.6, 0.2),

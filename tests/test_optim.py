@@ -10,7 +10,7 @@ import torch
 
 import overspn as osp
 from overspn.errors import ConfigurationError
-from overspn.optim import Overparametrized, default_factor_floor, root_weight_parameter
+from overspn.learn.optim import Overparametrized, default_factor_floor, root_weight_parameter
 
 NUM_VARS = 5
 

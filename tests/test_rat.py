@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import overspn as osp
+from overspn.engine.rat import RatConfig, RatSPN, rat_spn
 from overspn.errors import ConfigurationError, DataError
-from overspn.rat import RatConfig, RatSPN, rat_spn
-from overspn.structure import Product, Sum
+from overspn.symbolic.structure import Product, Sum
 
 
 def _random_data(leaf: str, cardinality: int, rows: int, num_vars: int, seed: int, missing: float) -> np.ndarray:

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 import overspn as osp
-from overspn.cli import main
+from overspn.cli.main import main
 from overspn.errors import ConfigurationError, DataError
-from overspn.experiments import (
+from overspn.learn.learning import History, train
+from overspn.studies.depth import (
     BRANCHINGS,
     TARGET_GAP,
     RunResult,
@@ -28,7 +29,6 @@ from overspn.experiments import (
     run_study,
     summarise,
 )
-from overspn.learning import History, train
 
 REPO = Path(__file__).resolve().parents[1]
 

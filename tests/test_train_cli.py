@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import overspn as osp
-from overspn.cli import main
-from overspn.commands.train import infer_leaf, parse_structure
+from overspn.cli.main import main
+from overspn.cli.train import infer_leaf, parse_structure
+from overspn.engine.rat import RatConfig, RatSPN
 from overspn.errors import ConfigurationError, DivergenceError
-from overspn.rat import RatConfig, RatSPN
-from overspn.training import TrainResult, TrainSettings, evaluate, train
+from overspn.learn.training import TrainResult, TrainSettings, evaluate, train
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from strategies import reference_log_value, structures
 
 import overspn as osp
 from overspn.errors import ConfigurationError, StructureError
-from overspn.learning import train
+from overspn.learn.learning import train
 
 LEAVES = ("indicator", "bernoulli", "categorical", "gaussian")
 

@@ -1,11 +1,11 @@
 """overspn: sum-product networks trained with gradients, overparametrized, collapsed and studied.
 
-The symbolic layer (:mod:`overspn.structure`) builds and validates structures; :func:`compile` turns one into a
-layered tensor program (:mod:`overspn.compiled`) that evaluates, trains, samples and completes data.
+The symbolic layer (:mod:`overspn.symbolic.structure`) builds and validates structures; :func:`compile` turns one into a
+layered tensor program (:mod:`overspn.engine.compiled`) that evaluates, trains, samples and completes data.
 """
 
-from .compiled import CompiledSPN, EncodedData, clamp_to_floor, compile
-from .errors import (
+from overspn.engine.compiled import CompiledSPN, EncodedData, clamp_to_floor, compile
+from overspn.errors import (
     ConfigurationError,
     DataError,
     DivergenceError,
@@ -13,8 +13,8 @@ from .errors import (
     OverspnError,
     StructureError,
 )
-from .serialization import load, save, structure_from_dict, structure_to_dict
-from .structure import (
+from overspn.serialization import load, save, structure_from_dict, structure_to_dict
+from overspn.symbolic.structure import (
     Bernoulli,
     Categorical,
     Gaussian,
@@ -29,7 +29,7 @@ from .structure import (
     topological_order,
     validate,
 )
-from .transforms import collapse, count_induced_trees, induced_trees, mixture, overparametrize, phi
+from overspn.symbolic.transforms import collapse, count_induced_trees, induced_trees, mixture, overparametrize, phi
 
 __version__ = "0.1.0"
 

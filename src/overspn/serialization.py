@@ -21,10 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes
-from .compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, SumWeights, compile
-from .errors import ModelFileError, OverspnError
-from .structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order
+from overspn.atomic import atomic_write_bytes
+from overspn.engine.compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, SumWeights, compile
+from overspn.errors import ModelFileError, OverspnError
+from overspn.symbolic.structure import (
+    Bernoulli,
+    Categorical,
+    Gaussian,
+    Indicator,
+    Node,
+    Product,
+    Sum,
+    topological_order,
+)
 
 __all__ = ["save", "load", "structure_to_dict", "structure_from_dict"]
 

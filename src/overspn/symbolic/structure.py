@@ -1,8 +1,8 @@
 """Symbolic SPN structures: nodes, scopes, traversal and validation.
 
 A structure is a rooted DAG of :class:`Node` objects; sub-networks may be shared. Nothing here touches torch: the
-compiled tensor program that evaluates a structure lives in :mod:`overspn.compiled`, and transforms in
-:mod:`overspn.transforms` are functions from structure to structure.
+compiled tensor program that evaluates a structure lives in :mod:`overspn.engine.compiled`, and transforms in
+:mod:`overspn.symbolic.transforms` are functions from structure to structure.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import StructureError
+from overspn.errors import StructureError
 
 __all__ = [
     "Node",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigurationError, StructureError
-from .structure import (
+from overspn.errors import ConfigurationError, StructureError
+from overspn.symbolic.structure import (
     Bernoulli,
     Categorical,
     Gaussian,

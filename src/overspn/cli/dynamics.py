@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..cli import non_negative_float, non_negative_int, positive_float, positive_int
-from ..data import load_dataset
-from ..dynamics import Trace, Tracer, loglog_slope
-from ..errors import ConfigurationError
-from ..transforms import mixture, overparametrize
+from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.cli.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from overspn.data import load_dataset
+from overspn.errors import ConfigurationError
+from overspn.studies.dynamics import Trace, Tracer, loglog_slope
+from overspn.symbolic.transforms import mixture, overparametrize
 
 DEFAULT_ETAS = "1e-2,1e-3,1e-4,1e-5,1e-6,1e-7"
 

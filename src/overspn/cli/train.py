@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
-from ..errors import ConfigurationError, DataError, DivergenceError
-from ..rat import LEAF_KINDS, RatConfig, RatSPN
-from ..serialization import save
-from ..training import OPTIMIZERS, TrainSettings, evaluate, train
+from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
+from overspn.engine.rat import LEAF_KINDS, RatConfig, RatSPN
+from overspn.errors import ConfigurationError, DataError, DivergenceError
+from overspn.learn.training import OPTIMIZERS, TrainSettings, evaluate, train
+from overspn.serialization import save
 
 STRUCTURE_KEYS = {"depth": "depth", "d": "depth", "repetitions": "num_repetitions", "r": "num_repetitions",
                   "sums": "num_sums", "k": "num_sums", "s": "num_sums", "inputs": "num_input", "i": "num_input"}

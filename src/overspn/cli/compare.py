@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..cli import finite_float, positive_int
-from ..compiled import CompiledSPN
-from ..compiled import compile as compile_spn
-from ..data import load_dataset
-from ..errors import ConfigurationError
-from ..optim import Overparametrized, root_weight_parameter
-from ..transforms import mixture, overparametrize
+from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.cli.argtypes import finite_float, positive_int
+from overspn.data import load_dataset
+from overspn.engine.compiled import CompiledSPN
+from overspn.engine.compiled import compile as compile_spn
+from overspn.errors import ConfigurationError
+from overspn.learn.optim import Overparametrized, root_weight_parameter
+from overspn.symbolic.transforms import mixture, overparametrize
 
 COMPONENTS = 8
 

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .errors import ConfigurationError, DataError, StructureError
-from .structure import Bernoulli, Categorical, Gaussian, Indicator, Leaf, Node, Product, Sum, validate
+from overspn.errors import ConfigurationError, DataError, StructureError
+from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Indicator, Leaf, Node, Product, Sum, validate
 
 __all__ = ["compile", "CompiledSPN", "EncodedData", "WEIGHT_PARAMETRISATIONS", "clamp_to_floor"]
 

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .compiled import compile as compile_spn
-from .errors import ConfigurationError, StructureError
-from .structure import Leaf, Node, Product, Sum, describe, scopes, topological_order
-from .transforms import count_induced_trees
+from overspn.engine.compiled import compile as compile_spn
+from overspn.errors import ConfigurationError, StructureError
+from overspn.symbolic.structure import Leaf, Node, Product, Sum, describe, scopes, topological_order
+from overspn.symbolic.transforms import count_induced_trees
 
 __all__ = ["Factorisation", "factorise", "edge_values", "shallow_structure", "Expansion", "expand", "Trace",
            "Tracer", "component_weights", "relative_residual", "loglog_slope"]

@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .compiled import CompiledSPN, compile
-from .data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary, load_csv, load_sklearn
-from .errors import ConfigurationError, DataError, DivergenceError
-from .learning import History, train
-from .transforms import MIXTURE_LEAVES, mixture, overparametrize
+from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary, load_csv, load_sklearn
+from overspn.engine.compiled import CompiledSPN, compile
+from overspn.errors import ConfigurationError, DataError, DivergenceError
+from overspn.learn.learning import History, train
+from overspn.symbolic.transforms import MIXTURE_LEAVES, mixture, overparametrize
 
 __all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", "load_study_data", "run_study",
            "curves_table", "summarise", "plot_study", "TARGET_GAP"]

@@ -8,7 +8,7 @@ the partition function ``f(*)`` exact. :func:`train` maximises it by
   acts on the log-weights;
 * or any ``torch.optim`` optimiser, given as an instance or as a factory called ``factory(parameters, lr=lr)``
   (optimisers minimise, so they are handed the negative objective; raw weights are clamped by the global
-  post-step hook of :mod:`overspn.compiled`).
+  post-step hook of :mod:`overspn.engine.compiled`).
 
 Full batch by default; with ``batch_size`` every update uses one mini-batch, the batches of epoch ``e`` being a
 permutation of the rows drawn from ``(seed, e)`` alone, so that a run resumed at any iteration draws the same
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .compiled import CompiledSPN, EncodedData, clamp_to_floor
-from .errors import ConfigurationError, DivergenceError
+from overspn.engine.compiled import CompiledSPN, EncodedData, clamp_to_floor
+from overspn.errors import ConfigurationError, DivergenceError
 
 __all__ = ["History", "train", "gradient_ascent_step", "OptimizerSpec"]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .compiled import CompiledSPN, SumLayer
-from .errors import ConfigurationError
+from overspn.engine.compiled import CompiledSPN, SumLayer
+from overspn.errors import ConfigurationError
 
 __all__ = ["Overparametrized", "root_weight_parameter", "default_factor_floor"]
 

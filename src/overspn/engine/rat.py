@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compiled import DEFAULT_FLOOR, WEIGHT_PARAMETRISATIONS, CompiledSPN
-from .compiled import compile as compile_structure
-from .errors import ConfigurationError, DataError
-from .structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
+from overspn.engine.compiled import DEFAULT_FLOOR, WEIGHT_PARAMETRISATIONS, CompiledSPN
+from overspn.engine.compiled import compile as compile_structure
+from overspn.errors import ConfigurationError, DataError
+from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
 
 __all__ = ["LEAF_KINDS", "RatConfig", "RatSPN", "rat_spn"]
 

@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .atomic import atomic_write_bytes
-from .errors import ConfigurationError, DivergenceError, ModelFileError
+from overspn.atomic import atomic_write_bytes
+from overspn.errors import ConfigurationError, DivergenceError, ModelFileError
 
 __all__ = ["OPTIMIZERS", "DEFAULT_LEARNING_RATES", "TrainSettings", "TrainResult", "train", "evaluate"]
 

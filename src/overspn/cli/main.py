@@ -1,24 +1,23 @@
 """The ``overspn`` command line.
 
-Each subcommand lives in its own module under :mod:`overspn.commands` and exposes ``register(subparsers)``, which
+Each subcommand lives in its own module under :mod:`overspn.cli` and exposes ``register(subparsers)``, which
 adds its parser and sets ``handler`` to a function taking the parsed arguments and returning an exit status.
 Expected failures print one line, ``overspn COMMAND: error: WHAT``, and exit non-zero without a traceback: a bad
 option (status 2, from argparse), any :class:`OverspnError` or file-system error (2), a divergence (3), an interrupt
 (130). Any other exception is a bug, or bad input no check caught: it prints one ``internal error`` line and exits
-with status 1 (the traceback with ``OVERSPN_TRACEBACK=1``). The argument types below (``positive_float`` etc.) give
-option values the same one-line errors.
+with status 1 (the traceback with ``OVERSPN_TRACEBACK=1``). Option values are checked by the
+types of :mod:`overspn.cli.argtypes`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
 from typing import NoReturn
 
-from .errors import DivergenceError, OverspnError
+from overspn.errors import DivergenceError, OverspnError
 
 COMMANDS = ("reproduce", "dynamics", "compare", "train")
 
@@ -32,41 +31,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
-def _number(text: str, convert: type, description: str, accept: object) -> float:
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-    if not accept(value):  # type: ignore[operator]
-        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0 (e.g. a learning rate)."""
-    return _number(text, float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
-
-
-def finite_float(text: str) -> float:
-    """argparse type: any finite float (e.g. a target log-likelihood)."""
-    return _number(text, float, "a finite number", math.isfinite)
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (e.g. iterations, a batch size)."""
-    return int(_number(text, int, "an integer >= 1", lambda v: v >= 1))
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0 (e.g. a seed)."""
-    return int(_number(text, int, "an integer >= 0", lambda v: v >= 0))
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -76,9 +40,9 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"overspn.commands.{name}")
+            module = importlib.import_module(f"overspn.cli.{name}")
         except ModuleNotFoundError as error:
-            if error.name != f"overspn.commands.{name}":
+            if error.name != f"overspn.cli.{name}":
                 raise
             continue
         module.register(subparsers)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli import non_negative_float, non_negative_int, positive_float, positive_int
-from ..experiments import BRANCHINGS, PROTOCOLS, protocol_study, run_study, write_outputs
-from ..transforms import MIXTURE_LEAVES
+from overspn.cli.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from overspn.studies.depth import BRANCHINGS, PROTOCOLS, protocol_study, run_study, write_outputs
+from overspn.symbolic.transforms import MIXTURE_LEAVES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,1 @@
+"""The ``overspn`` command line: argument parsing and one thin module per command."""

@@ -1,0 +1,41 @@
+"""Argument types for the command line: option values that are wrong give the same one-line errors as argparse's own."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, convert: type, description: str, accept: object) -> float:
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+    if not accept(value):  # type: ignore[operator]
+        raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0 (e.g. a learning rate)."""
+    return _number(text, float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite float (e.g. a target log-likelihood)."""
+    return _number(text, float, "a finite number", math.isfinite)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (e.g. iterations, a batch size)."""
+    return int(_number(text, int, "an integer >= 1", lambda v: v >= 1))
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (e.g. a seed)."""
+    return int(_number(text, int, "an integer >= 0", lambda v: v >= 0))

@@ -1,1 +1,0 @@
-"""Subcommands of the ``overspn`` command line, one module each."""

@@ -1,0 +1,1 @@
+"""Learning: the training loop, optimisers, checkpoints and data-parallel training."""

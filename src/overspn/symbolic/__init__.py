@@ -1,0 +1,1 @@
+"""Symbolic structures: nodes, scopes, validation and structure-to-structure transforms. Never imports torch."""
