@@ -870,6 +870,18 @@ class CompiledSPN(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def raw_weight_floors(self) -> list[tuple[nn.Parameter, float]]:
+        """Every raw weight parameter with the floor it is kept above (empty for other parametrisations)."""
+        if self.parametrisation != "raw":
+            return []
+        return [(module.param, self.floor) for module in self.modules() if isinstance(module, SumWeights)]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put every raw weight back onto ``weight >= floor`` (in place); call it after each optimiser step."""
+        for parameter, floor in self.raw_weight_floors():
+            parameter.clamp_(min=floor)
+
 
 def compile(root: Node, weights: str = "raw", *, floor: float = DEFAULT_FLOOR, dtype: torch.dtype = torch.float32,
             num_vars: int | None = None, fast: bool = True) -> CompiledSPN:

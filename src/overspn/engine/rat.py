@@ -151,6 +151,18 @@ class RatSPN(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def raw_weight_floors(self) -> list[tuple[nn.Parameter, float]]:
+        """Every raw weight parameter with the floor it is kept above (empty for other parametrisations)."""
+        if self.parametrisation != "raw":
+            return []
+        return [(parameter, self.floor) for parameter in [*self.sum_weights, self.root_weights]]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put every raw weight back onto ``weight >= floor`` (in place); call it after each optimiser step."""
+        for parameter, floor in self.raw_weight_floors():
+            parameter.clamp_(min=floor)
+
     # -- data ---------------------------------------------------------------------------------------------------
 
     def check_data(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
