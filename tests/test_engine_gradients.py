@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from strategies import RandomStructure, all_states, structures
 
 import overspn as osp
-from overspn.engine.compiled import logsumexp
+from overspn.engine.semiring import logsumexp
+from overspn.learn.floor import keep_floor
 
 PARAMETRISATIONS = ("raw", "log", "softmax")
 
@@ -95,13 +96,15 @@ def test_sgd_step_keeps_raw_weights_at_or_above_the_floor() -> None:
     indicator_sums = [osp.Sum([osp.Indicator(d, 0), osp.Indicator(d, 1)], [0.5, 0.5]) for d in range(3)]
     components = [osp.Product(indicator_sums), osp.Product([osp.Bernoulli(d, 0.9) for d in range(3)])]
     model = osp.compile(osp.Sum(components, [0.01, 1.0]), "raw", floor=floor, dtype=torch.float64)
-    raw = [p for p in model.parameters() if hasattr(p, "overspn_floor")]
-    assert len(raw) == 2 and all(p.overspn_floor == floor for p in raw)
+    floors = model.raw_weight_floors()
+    raw = [p for p, _ in floors]
+    assert len(raw) == 2 and all(f == floor for _, f in floors)
     data = np.ones((10, 3))
     (-model.log_likelihood(data).mean()).backward()
     # a learning rate large enough to push the weight of each group with the largest gradient below the floor
     learning_rate = 2 * max(float(((p.detach() - floor) / p.grad)[p.grad > 0].min()) for p in raw)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    keep_floor(optimizer, model)
     unclamped = [(p - learning_rate * p.grad).detach() for p in raw]
     # the plain step would push some weights of both sum groups below the floor, even below zero
     assert all(bool((u < floor).any()) for u in unclamped)
@@ -112,7 +115,7 @@ def test_sgd_step_keeps_raw_weights_at_or_above_the_floor() -> None:
     assert bool(torch.isfinite(model.log_likelihood(data)).all())
 
 
-def test_clamp_to_floor_projects_only_raw_weights() -> None:
+def test_projection_acts_only_on_raw_weights() -> None:
     root = osp.Sum([osp.Bernoulli(0, 0.5), osp.Bernoulli(0, 0.2)], [1.0, 2.0])
     raw = osp.compile(root, "raw", floor=0.25)
     logits = osp.compile(root, "log", floor=0.25)
@@ -120,8 +123,8 @@ def test_clamp_to_floor_projects_only_raw_weights() -> None:
         for model in (raw, logits):
             for parameter in model.parameters():
                 parameter.fill_(-3.0)
-    osp.clamp_to_floor(raw)
-    osp.clamp_to_floor(logits)
+    raw.project_()
+    logits.project_()
     assert torch.equal(raw.layers[0].weights.param, torch.full((2,), 0.25))
     assert torch.equal(raw.discrete.bernoulli_logit, torch.full((2,), -3.0))  # leaf logits are unconstrained
     assert all(torch.equal(p, torch.full_like(p, -3.0)) for p in logits.parameters())
@@ -149,6 +152,7 @@ def test_a_zero_raw_weight_does_not_poison_training() -> None:
     model = osp.compile(osp.Sum(components, [0.0, 1.0]), "raw", floor=1e-3, dtype=torch.float64)
     data = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, np.nan]])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    keep_floor(optimizer, model)
     (-model.log_likelihood(data).mean()).backward()
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
     optimizer.step()
@@ -168,3 +172,27 @@ def test_logsumexp_gradient_is_zero_on_impossible_rows_and_twice_differentiable(
     finite = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: logsumexp(t, 1), (finite,))
     assert torch.autograd.gradgradcheck(lambda t: logsumexp(t, 2), (finite,))
+
+
+@pytest.mark.parametrize("kind", ["compiled", "rat"])
+def test_the_floor_survives_deepcopy_and_state_dict_round_trips(kind: str) -> None:
+    """The floor belongs to the model: a deep copy, or a fresh model given the state, keeps it under plain torch."""
+    if kind == "compiled":
+        model: osp.SPNModule = osp.compile(osp.mixture(num_vars=5, num_components=4, seed=0), "raw", floor=1e-3,
+                                           dtype=torch.float64)
+    else:
+        model = osp.RatSPN(osp.RatConfig(num_vars=8, depth=2, num_repetitions=2, num_sums=3, num_input=3), "raw",
+                           floor=1e-3, dtype=torch.float64)
+    copy_ = __import__("copy").deepcopy(model)
+    fresh = type(model).from_file_config(model.file_config(), torch.float64)
+    fresh.load_state_dict(model.state_dict())
+    data = np.random.default_rng(0).integers(0, 2, (30, model.num_vars)).astype(float)
+    for candidate in (copy_, fresh):
+        assert [f for _, f in candidate.raw_weight_floors()] == [f for _, f in model.raw_weight_floors()]
+        optimizer = torch.optim.SGD(candidate.parameters(), lr=1e3)  # far past the floor
+        keep_floor(optimizer, candidate)
+        (-candidate.log_likelihood(data).mean()).backward()
+        optimizer.step()
+        weights = [p for p, _ in candidate.raw_weight_floors()]
+        assert weights and all(bool((p >= 1e-3).all()) for p in weights)
+        assert any(bool((p == 1e-3).any()) for p in weights)  # the projection did act

@@ -31,6 +31,7 @@ def test_quickstart_runs_and_its_claims_hold(tmp_path: Path, monkeypatch: pytest
     # the structure before training has partition function 2 + 1 = 3, as its comment says
     assert osp.compile(namespace["root"], dtype=torch.float64).log_partition().item() == pytest.approx(math.log(3))
     # training kept every raw weight above the floor, and the saved model gives the trained model's likelihoods
-    assert all(float(p.detach().min()) >= 1e-4 for p in model.parameters() if hasattr(p, "overspn_floor"))
+    floors = model.raw_weight_floors()
+    assert floors and all(float(p.detach().min()) >= floor == 1e-4 for p, floor in floors)
     loaded = osp.load(tmp_path / "model.ospn")
     torch.testing.assert_close(loaded.log_likelihood(x), model.log_likelihood(x), rtol=0, atol=0)

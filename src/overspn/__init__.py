@@ -4,7 +4,11 @@ The symbolic layer (:mod:`overspn.symbolic.structure`) builds and validates stru
 layered tensor program (:mod:`overspn.engine.compiled`) that evaluates, trains, samples and completes data.
 """
 
-from overspn.engine.compiled import CompiledSPN, EncodedData, clamp_to_floor, compile
+from overspn.data import load_dataset
+from overspn.engine.base import SPNModule
+from overspn.engine.compiled import CompiledSPN, compile, compile_structure
+from overspn.engine.encoding import EncodedData
+from overspn.engine.rat import RatConfig, RatSPN, rat_spn
 from overspn.errors import (
     ConfigurationError,
     DataError,
@@ -13,6 +17,7 @@ from overspn.errors import (
     OverspnError,
     StructureError,
 )
+from overspn.learn.floor import keep_floor
 from overspn.serialization import load, save, structure_from_dict, structure_to_dict
 from overspn.symbolic.structure import (
     Bernoulli,
@@ -37,6 +42,9 @@ __all__ = [
     "Bernoulli",
     "Categorical",
     "CompiledSPN",
+    "RatConfig",
+    "RatSPN",
+    "SPNModule",
     "ConfigurationError",
     "DataError",
     "DivergenceError",
@@ -50,14 +58,17 @@ __all__ = [
     "Product",
     "StructureError",
     "Sum",
-    "clamp_to_floor",
     "collapse",
     "count_induced_trees",
     "induced_trees",
+    "keep_floor",
     "mixture",
     "overparametrize",
     "phi",
     "compile",
+    "compile_structure",
+    "load_dataset",
+    "rat_spn",
     "describe",
     "load",
     "num_parameters",

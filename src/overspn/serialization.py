@@ -1,8 +1,11 @@
-"""Saving and loading compiled models without pickle.
+"""Saving and loading models without pickle.
 
-A model file is a zip archive holding ``model.json`` (format name, version, compile options and the structure as a
-list of nodes in topological order) and one ``.npy`` array per parameter, read with ``allow_pickle=False``. Loading
-therefore never executes code from the file; anything unexpected raises :class:`ModelFileError`.
+A model file is a zip archive holding ``model.json`` (format name, version, the model's ``kind``, its dtype and the
+arguments that rebuild its layout: for a compiled structure the compile options and the structure as a list of nodes
+in topological order, for a tensorised model its configuration) and one ``.npy`` array per parameter, read with
+``allow_pickle=False``. Loading therefore never executes code from the file; anything unexpected raises
+:class:`ModelFileError`. Every model class of the engine registers its kind, so what loads back is a model of the
+same class, with the same behaviour (training, EM, queries).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 
 from overspn.atomic import atomic_write_bytes
-from overspn.engine.compiled import WEIGHT_PARAMETRISATIONS, CompiledSPN, SumWeights, compile
+from overspn.engine.base import MODEL_KINDS, SPNModule
+from overspn.engine.weights import WEIGHT_PARAMETRISATIONS
 from overspn.errors import ModelFileError, OverspnError
 from overspn.symbolic.structure import (
     Bernoulli,
@@ -38,7 +42,7 @@ from overspn.symbolic.structure import (
 __all__ = ["save", "load", "structure_to_dict", "structure_from_dict"]
 
 FORMAT = "overspn-model"
-VERSION = 1
+VERSION = 2  # version 1: compiled structures only, without "kind"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -122,25 +126,19 @@ def _numbers(value: Any, number: int, field: str) -> Any:
     return value
 
 
-def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` (structure, options and exact parameter values) to ``path`` atomically.
+def save(model: SPNModule, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` (its layout, options and exact parameter values) to ``path`` atomically.
 
     Raises ModelFileError, writing nothing, when the parameters are not those of a usable model (NaN, a negative
     raw weight, a zero partition function: e.g. after training diverged), since such a file could not be loaded.
     """
+    if not isinstance(model, SPNModule) or not model.kind:
+        raise ModelFileError(f"cannot save a {type(model).__name__}: only overspn models can be saved")
     problem = _parameter_problem(model)
     if problem is not None:
         raise ModelFileError(f"cannot save the model to {path}: {problem}")
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "weights": model.parametrisation,
-        "floor": model.floor,
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "num_vars": model.num_vars,
-        "fast": model.fast,
-        "structure": _header_structure(model),
-    }
+    header = {"format": FORMAT, "version": VERSION, "kind": model.kind,
+              "dtype": str(model.dtype).removeprefix("torch."), **model.file_config()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.json", json.dumps(header))
@@ -151,7 +149,7 @@ def save(model: CompiledSPN, path: str | os.PathLike[str]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load(path: str | os.PathLike[str]) -> CompiledSPN:
+def load(path: str | os.PathLike[str]) -> SPNModule:
     """Read a model written by :func:`save`. Never unpickles; raises ModelFileError for a bad file.
 
     Beyond the format and version, every field of the header is type-checked and the parameters must be floats of
@@ -183,7 +181,7 @@ def load(path: str | os.PathLike[str]) -> CompiledSPN:
         raise ModelFileError(f"{path}: corrupted or truncated model file ({type(error).__name__}: {error})") from error
 
 
-def _load_archive(path: Path, archive: zipfile.ZipFile) -> CompiledSPN:
+def _load_archive(path: Path, archive: zipfile.ZipFile) -> SPNModule:
     names = set(archive.namelist())
     if "model.json" not in names:
         raise ModelFileError(f"{path}: not an overspn model file (no model.json inside)")
@@ -192,21 +190,23 @@ def _load_archive(path: Path, archive: zipfile.ZipFile) -> CompiledSPN:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise ModelFileError(f"{path}: not an overspn model file (format {found!r}, expected {FORMAT!r})")
     version = header.get("version")
-    if version != VERSION:
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > VERSION
-        raise ModelFileError(f"{path}: model file version {version!r} is not supported (this overspn reads version "
-                             f"{VERSION}{'; the file was written by a newer overspn' if newer else ''})")
-    for field, accepted in _HEADER_FIELDS.items():
+    if version not in (1, VERSION) or isinstance(version, bool):
+        newer = _is_int(version) and version > VERSION
+        raise ModelFileError(f"{path}: model file version {version!r} is not supported (this overspn reads versions "
+                             f"1 to {VERSION}{'; the file was written by a newer overspn' if newer else ''})")
+    kind = header.get("kind", "compiled") if version == 1 else header.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ModelFileError(f"{path}: unknown model kind {kind!r} (known: {', '.join(sorted(MODEL_KINDS))})")
+    fields = {"dtype": _HEADER_FIELDS["dtype"], **(_COMPILED_FIELDS if kind == "compiled" else {})}
+    for field, accepted in fields.items():
         if field not in header:
             raise ModelFileError(f"{path}: the header has no field {field!r}")
         if not accepted(header[field]):
             raise ModelFileError(f"{path}: header field {field!r} has an invalid value {header[field]!r}")
     try:
-        root = structure_from_dict(header["structure"])
+        model = MODEL_KINDS[kind].from_file_config(header, _DTYPES[header["dtype"]])
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from error
-    model = compile(root, header["weights"], floor=header["floor"], dtype=_DTYPES[header["dtype"]],
-                    num_vars=header["num_vars"], fast=header["fast"])
     state = {}
     for key, expected in model.state_dict().items():
         entry = f"tensors/{key}.npy"
@@ -226,11 +226,11 @@ def _load_archive(path: Path, archive: zipfile.ZipFile) -> CompiledSPN:
     return model
 
 
-def _header_structure(model: CompiledSPN) -> dict[str, Any]:
-    """The structure for the header. Its leaf parameters only shape the model (the exact values are the stored
+def structure_for_file(root: Node) -> dict[str, Any]:
+    """The structure for a file header. Its leaf parameters only shape the model (the exact values are the stored
     tensors), so values that rounded onto the edge of their range (p = 1 from a large logit, std = 0 from a very
     negative log-std) are moved just inside it, where the structure validates."""
-    description = structure_to_dict(model.to_structure())
+    description = structure_to_dict(root)
     for entry in description["nodes"]:
         if entry["type"] == "Bernoulli":
             entry["p"] = min(max(entry["p"], _SMALLEST), _BELOW_ONE)
@@ -246,18 +246,18 @@ _SMALLEST = float(np.nextafter(0.0, 1.0))
 _BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
-def _parameter_problem(model: CompiledSPN) -> str | None:
+def _parameter_problem(model: SPNModule) -> str | None:
     """What makes the parameters of ``model`` unusable, or None: NaN or +inf anywhere, -inf outside log-weights,
     negative raw weights, or a partition function that is zero or not finite."""
-    weights = {id(module.param) for module in model.modules() if isinstance(module, SumWeights)}
+    weights = {id(parameter) for parameter in model.sum_weight_parameters()}
     for name, parameter in model.named_parameters():
         values = parameter.detach()
         if bool(torch.isnan(values).any()) or bool((values == math.inf).any()):
             return f"parameter {name!r} holds NaN or +inf values"
-        if id(parameter) in weights and model.parametrisation == "raw":
-            if bool((values < 0).any()):
+        if id(parameter) in weights:
+            if model.parametrisation == "raw" and bool((values < 0).any()):
                 return f"parameter {name!r} holds negative weights (raw weights must be >= 0)"
-        elif id(parameter) not in weights and bool((values == -math.inf).any()):
+        elif bool((values == -math.inf).any()):
             return f"parameter {name!r} holds -inf values"
     with torch.no_grad():
         log_partition = float(model.log_partition())
@@ -271,11 +271,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_HEADER_FIELDS: dict[str, Callable[[Any], bool]] = {
+_HEADER_FIELDS: dict[str, Callable[[Any], bool]] = {"dtype": lambda value: value in _DTYPES}
+_COMPILED_FIELDS: dict[str, Callable[[Any], bool]] = {
     "weights": lambda value: value in WEIGHT_PARAMETRISATIONS,
     "floor": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     and value >= 0,
-    "dtype": lambda value: value in _DTYPES,
     "num_vars": lambda value: _is_int(value) and value >= 1,
     "fast": lambda value: isinstance(value, bool),
     "structure": lambda value: isinstance(value, dict),

@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine.compiled import DEFAULT_FLOOR, WEIGHT_PARAMETRISATIONS, CompiledSPN
-from overspn.engine.compiled import compile as compile_structure
-from overspn.errors import ConfigurationError, DataError
+from overspn.engine.base import SPNModule
+from overspn.engine.encoding import EncodedData
+from overspn.engine.semiring import finite_max, gaussian_log_density, logsumexp
+from overspn.engine.weights import DEFAULT_FLOOR, actual_weights, linear_weights, to_parameter
+from overspn.errors import ConfigurationError, ModelFileError
 from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
 
 __all__ = ["LEAF_KINDS", "RatConfig", "RatSPN", "rat_spn"]
 
 LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def _split(variables: np.ndarray, depth: int) -> list[np.ndarray]:
     return _split(variables[:half], depth - 1) + _split(variables[half:], depth - 1)
 
 
-class RatSPN(nn.Module):
+class RatSPN(SPNModule):
     """A RAT-SPN as a tensorised ``torch.nn.Module``; see the module docstring for the layout.
 
     ``weights``: "softmax" (each sum node normalised; the default for training), "log" (w = exp(p)) or "raw"
@@ -84,16 +86,16 @@ class RatSPN(nn.Module):
     Input distributions are always normalised. NaN entries of the data are marginalised.
     """
 
+    kind = "rat"
+    supports_em = True
+
     def __init__(self, config: RatConfig, weights: str = "softmax", *, floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32):
-        super().__init__()
-        if weights not in WEIGHT_PARAMETRISATIONS:
-            raise ConfigurationError(f"weights must be one of {WEIGHT_PARAMETRISATIONS}, got {weights!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        if not (math.isfinite(floor) and floor >= 0):
-            raise ConfigurationError(f"floor must be finite and >= 0, got {floor!r}")
-        self.config, self.parametrisation, self.floor = config, weights, floor
+        if not isinstance(config, RatConfig):
+            raise ConfigurationError(f"config must be a RatConfig, got {type(config).__name__}")
+        states = {"bernoulli": 2, "categorical": config.cardinality, "gaussian": 0}[config.leaf]
+        super().__init__(config.num_vars, np.full(config.num_vars, states), weights, floor, dtype)
+        self.config = config
         rng = np.random.default_rng(config.seed)
         reps, num_in, num_vars = config.num_repetitions, config.num_input, config.num_vars
 
@@ -132,63 +134,27 @@ class RatSPN(nn.Module):
         # normalised random weights: every sum starts as a proper mixture, whatever the parametrisation
         values = rng.uniform(0.5, 1.5, size=shape)
         values /= values.sum(axis=-1, keepdims=True)
-        initial = torch.from_numpy(values if self.parametrisation == "raw" else np.log(values)).to(dtype)
-        parameter = nn.Parameter(initial)
-        if self.parametrisation == "raw":
-            parameter.overspn_floor = self.floor  # type: ignore[attr-defined]
-        return parameter
+        return nn.Parameter(to_parameter(values, self.parametrisation, dtype))
 
-    # -- properties ---------------------------------------------------------------------------------------------
+    # -- what the base class asks --------------------------------------------------------------------------------
 
     @property
-    def num_vars(self) -> int:
-        return self.config.num_vars
+    def normalised_by_construction(self) -> bool:
+        return self.parametrisation == "softmax"
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.root_weights.dtype
+    def sum_weight_parameters(self) -> list[nn.Parameter]:
+        return [*self.sum_weights, self.root_weights]
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def file_config(self) -> dict[str, Any]:
+        return {"config": self.config.as_dict(), "weights": self.parametrisation, "floor": self.floor}
 
-    def raw_weight_floors(self) -> list[tuple[nn.Parameter, float]]:
-        """Every raw weight parameter with the floor it is kept above (empty for other parametrisations)."""
-        if self.parametrisation != "raw":
-            return []
-        return [(parameter, self.floor) for parameter in [*self.sum_weights, self.root_weights]]
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        """Put every raw weight back onto ``weight >= floor`` (in place); call it after each optimiser step."""
-        for parameter, floor in self.raw_weight_floors():
-            parameter.clamp_(min=floor)
-
-    # -- data ---------------------------------------------------------------------------------------------------
-
-    def check_data(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``x`` as a tensor of the model's dtype; DataError names the first bad row, column and value."""
-        if isinstance(x, np.ndarray):
-            if x.dtype.kind not in "fiub":
-                raise DataError(f"data must be numeric, got a numpy array of dtype {x.dtype}")
-            tensor = torch.from_numpy(np.ascontiguousarray(x))
-        elif isinstance(x, torch.Tensor):
-            tensor = x
-        else:
-            raise DataError(f"data must be a numpy array or torch tensor, got {type(x).__name__}")
-        if tensor.dim() != 2 or tensor.shape[1] != self.num_vars:
-            raise DataError(f"data must have shape (rows, {self.num_vars}), got {tuple(tensor.shape)}")
-        tensor = tensor.to(self.dtype)
-        bad = torch.isinf(tensor)
-        states = 2 if self.config.leaf == "bernoulli" else self.config.cardinality
-        if self.config.leaf != "gaussian":
-            bad |= ~torch.isnan(tensor) & ((tensor < 0) | (tensor >= states) | (tensor != torch.round(tensor)))
-        if bool(bad.any()):
-            row, column = bad.nonzero()[0].tolist()
-            value = tensor[row, column].item()
-            reason = ("values must be finite" if math.isinf(value)
-                      else f"{self.config.leaf} leaves take states 0..{states - 1}")
-            raise DataError(f"invalid value {value!r} in row {row}, column {column}: {reason}")
-        return tensor
+    @classmethod
+    def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> RatSPN:
+        settings = config.get("config")
+        if not isinstance(settings, dict) or set(settings) != set(RatConfig.__dataclass_fields__):
+            raise ModelFileError(f"the RAT-SPN configuration must name {sorted(RatConfig.__dataclass_fields__)}, "
+                                 f"got {settings!r}")
+        return cls(RatConfig(**settings), config.get("weights"), floor=config.get("floor"), dtype=dtype)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
@@ -214,54 +180,27 @@ class RatSPN(nn.Module):
             blocks = table.unsqueeze(3) * self.region_membership[:, None, :, :, None]  # (D, C, R, L, I)
             product = onehot.reshape(len(x), -1) @ blocks.reshape(-1, reps * regions * num_in)
             return product.view(len(x), reps, regions, num_in)
-        z = (filled[:, :, None, None] - self.mean) * torch.exp(-self.log_std)
-        densities = (-0.5 * z * z - self.log_std - _LOG_SQRT_2PI).masked_fill(missing[:, :, None, None], 0.0)
+        densities = gaussian_log_density(filled[:, :, None, None], self.mean, self.log_std)
+        densities = densities.masked_fill(missing[:, :, None, None], 0.0)
         return torch.einsum("ndri,drl->nrli", densities, self.region_membership)
 
-    def _linear_weights(self, parameter: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sum node (last axis = children): a log-shift ``(..., 1)`` and the weights divided by its exp."""
-        if self.parametrisation == "softmax":
-            return parameter.new_zeros(parameter.shape[:-1] + (1,)), torch.softmax(parameter, dim=-1)
-        if self.parametrisation == "log":
-            shift = parameter.detach().amax(dim=-1, keepdim=True)
-            return shift, torch.exp(parameter - shift)
-        return parameter.new_zeros(parameter.shape[:-1] + (1,)), parameter
+    def _evaluate(self, data: EncodedData, use_compact: bool = False) -> torch.Tensor:
+        return self._root_values(data.values)
 
-    def log_unnormalised(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``(N,)`` log f(x) of the (possibly unnormalised) network; NaN entries are marginalised."""
-        return self._evaluate(self.check_data(x))
-
-    def _evaluate(self, x: torch.Tensor, regions: torch.Tensor | None = None,
+    def _root_values(self, x: torch.Tensor, regions: torch.Tensor | None = None,
                   layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                   root_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Root log-values ``(N,)`` of checked data; EM passes its own leaf-region values and weights."""
         if regions is None:
             regions = self._region_inputs(x, None if self.config.leaf == "gaussian" else self.leaf_log_table())
         if layer_weights is None:
-            layer_weights = [self._linear_weights(parameter) for parameter in self.sum_weights]
+            layer_weights = [linear_weights(parameter, self.parametrisation) for parameter in self.sum_weights]
         if root_weights is None:
-            root_weights = self._linear_weights(self.root_weights)
+            root_weights = linear_weights(self.root_weights, self.parametrisation)
         values = regions
         for shift, weights in layer_weights:
             values = _einsum_layer(values, shift, weights)
         return _root_layer(values, *root_weights)
-
-    def log_partition(self) -> torch.Tensor:
-        """``()`` log of the network summed over all values: exactly 0 in theory for softmax weights."""
-        row = torch.full((1, self.num_vars), math.nan, dtype=self.dtype, device=self.root_weights.device)
-        return self._evaluate(row)[0]
-
-    def log_likelihood(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``(N,)`` normalised log-probabilities (densities for Gaussian leaves); NaN entries are marginalised."""
-        values = self.check_data(x)
-        if self.parametrisation == "softmax":
-            return self._evaluate(values)
-        missing_row = values.new_full((1, self.num_vars), math.nan)
-        both = self._evaluate(torch.cat([values, missing_row]))
-        return both[:-1] - both[-1]
-
-    def forward(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.log_likelihood(x)
 
     # -- expectation-maximisation -------------------------------------------------------------------------------
 
@@ -287,7 +226,7 @@ class RatSPN(nn.Module):
             tensor.requires_grad_()
         with torch.enable_grad():
             regions = self._region_inputs(values, leaf_input) if discrete else leaf_input
-            llh = self._evaluate(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
+            llh = self._root_values(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
                                  (root.new_zeros(1), root))
             mean = float(llh.detach().mean())
             if not math.isfinite(mean):
@@ -380,14 +319,6 @@ class RatSPN(nn.Module):
                 for d in range(num_vars)]
 
     @torch.no_grad()
-    def _actual_weights(self, parameter: nn.Parameter) -> np.ndarray:
-        if self.parametrisation == "softmax":
-            return torch.softmax(parameter.double(), dim=-1).cpu().numpy()
-        if self.parametrisation == "log":
-            return torch.exp(parameter.double()).cpu().numpy()
-        return parameter.double().cpu().numpy()
-
-    @torch.no_grad()
     def to_structure(self) -> Node:
         """The same network as symbolic nodes, with the current parameters (weights as the actual weights)."""
         leaves = self._input_leaves()
@@ -403,7 +334,7 @@ class RatSPN(nn.Module):
                     regions_nodes.append([Product([leaves[d][r][i] for d in region]) for i in range(num_in)])
             level.append(regions_nodes)
         for parameter in self.sum_weights:
-            weights = self._actual_weights(parameter)  # (R, L/2, K', K*K)
+            weights = self._weights_of(parameter)  # (R, L/2, K', K*K)
             merged = []
             for r in range(reps):
                 regions_nodes = []
@@ -413,12 +344,10 @@ class RatSPN(nn.Module):
                 merged.append(regions_nodes)
             level = merged
         products = [Product([a, b]) for r in range(reps) for a in level[r][0] for b in level[r][1]]
-        return Sum(products, self._actual_weights(self.root_weights))
+        return Sum(products, self._weights_of(self.root_weights))
 
-    def to_compiled(self, fast: bool = True) -> CompiledSPN:
-        """The generic compiled program of :meth:`to_structure`, with the same parametrisation and dtype."""
-        return compile_structure(self.to_structure(), self.parametrisation, floor=self.floor, dtype=self.dtype,
-                                 num_vars=self.num_vars, fast=fast)
+    def _weights_of(self, parameter: nn.Parameter) -> np.ndarray:
+        return actual_weights(parameter, self.parametrisation)
 
 
 def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -429,7 +358,7 @@ def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tens
     region does the mixing. ``weights`` ``(R, L/2, K', K K)`` are the actual weights divided by exp(``shift``).
     """
     left, right = values[:, :, 0::2], values[:, :, 1::2]
-    left_max, right_max = _finite_max(left), _finite_max(right)
+    left_max, right_max = finite_max(left), finite_max(right)
     left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
     products = (left_exp.unsqueeze(4) * right_exp.unsqueeze(3)).flatten(3)  # (N, R, L/2, K*K)
     mixed = torch.einsum("nrlp,rlkp->nrlk", products, weights)
@@ -445,22 +374,12 @@ def _root_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor
     divided by exp(``shift``).
     """
     left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
-    left_max, right_max = _finite_max(left), _finite_max(right)
+    left_max, right_max = finite_max(left), finite_max(right)
     left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
     channels = left.shape[2]
     bilinear = torch.einsum("nri,rij->nrj", left_exp, weights.view(-1, channels, channels))
     per_repetition = torch.log((bilinear * right_exp).sum(dim=2)) + (left_max + right_max).squeeze(2)
-    return _logsumexp(per_repetition, dim=1) + shift
-
-
-def _finite_max(values: torch.Tensor) -> torch.Tensor:
-    shift = values.detach().amax(dim=-1, keepdim=True)
-    return torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-
-
-def _logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
-    shift = _finite_max(scores.movedim(dim, -1)).movedim(-1, dim)
-    return torch.log(torch.exp(scores - shift).sum(dim=dim)) + shift.squeeze(dim)
+    return logsumexp(per_repetition, dim=1) + shift
 
 
 def rat_spn(num_vars: int, depth: int = 2, num_repetitions: int = 10, num_sums: int = 10, num_input: int = 10,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from overspn.engine.compiled import CompiledSPN, EncodedData, clamp_to_floor
+from overspn.engine.compiled import CompiledSPN, EncodedData
 from overspn.errors import ConfigurationError, DivergenceError
 
 __all__ = ["History", "train", "gradient_ascent_step", "OptimizerSpec"]
@@ -68,7 +68,7 @@ def gradient_ascent_step(model: CompiledSPN, lr: float) -> None:
         for parameter in model.parameters():
             if parameter.grad is not None:
                 parameter.add_(parameter.grad, alpha=lr)
-    clamp_to_floor(model)
+    model.project_()
 
 
 def _make_optimizer(spec: OptimizerSpec, model: CompiledSPN, lr: float) -> torch.optim.Optimizer | None:

@@ -1,0 +1,120 @@
+"""Data as the engine reads it: checked once, then encoded for repeated evaluation.
+
+Data is a ``(N, D)`` array or tensor; NaN marks a missing value, which every model marginalises. Discrete variables
+take the states ``0 .. C_d - 1`` (``C_d`` from the model); continuous ones any finite value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from overspn.errors import DataError
+
+__all__ = ["check_data", "CompactOneHot", "EncodedData"]
+
+
+def check_data(x: Any, num_vars: int, cardinality: torch.Tensor, dtype: torch.dtype, device: torch.device,
+               allow_missing: bool = True) -> torch.Tensor:
+    """``x`` as a ``(N, num_vars)`` tensor of ``dtype`` on ``device``, its values checked against ``cardinality``
+    (``(D,)``, 0 for a continuous variable). Raises DataError naming the row, column and value that is wrong."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"data must be numeric, got a numpy array of dtype {x.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise DataError(f"data must be real, got dtype {x.dtype}")
+        tensor = x
+    else:
+        raise DataError(f"data must be a numpy array or torch tensor, got {type(x).__name__}")
+    if tensor.dim() != 2:
+        raise DataError(f"data must be 2-D (rows, variables), got shape {tuple(tensor.shape)}")
+    if tensor.shape[1] != num_vars:
+        raise DataError(f"data has {tensor.shape[1]} columns (shape {tuple(tensor.shape)}) but the model has "
+                        f"{num_vars} variables")
+    tensor = tensor.to(device=device, dtype=dtype)
+    if tensor.shape[0] == 0:
+        return tensor
+    bad = torch.isinf(tensor)
+    if not allow_missing:
+        bad |= torch.isnan(tensor)
+    card = cardinality.to(tensor.dtype)
+    discrete = card > 0
+    outside = discrete & ~torch.isnan(tensor) & ((tensor < 0) | (tensor >= card) | (tensor != torch.round(tensor)))
+    bad |= outside
+    if bool(bad.any()):
+        row, column = bad.nonzero()[0].tolist()
+        value = tensor[row, column].item()
+        if math.isnan(value):
+            reason = "missing values (NaN) are not allowed here"
+        elif math.isinf(value):
+            reason = "values must be finite"
+        else:
+            reason = f"variable x{column} is discrete with states 0..{int(card[column]) - 1}"
+        raise DataError(f"invalid value {value!r} in row {row}, column {column}: {reason}")
+    return tensor
+
+
+@dataclass(frozen=True)
+class CompactOneHot:
+    """The one-hot data rows without unused columns and without one reference column per variable.
+
+    Each row has exactly one 1 in every variable's block, so ``onehot @ W = sum_d W[references[d]] + values @
+    (W[columns] - W[column_references])`` for any ``W`` that is finite on ``columns`` and ``references``.
+    """
+
+    values: torch.Tensor  # (rows, K): the kept columns of the one-hot
+    columns: torch.Tensor  # (K,) their positions in the full one-hot
+    column_references: torch.Tensor  # (K,) the reference column of each kept column's variable
+    references: torch.Tensor  # (D,) the reference column of every variable: its first state present in the data
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Data checked and encoded once for repeated evaluation (e.g. every step of full-batch training).
+
+    ``codes`` ``(N, D)`` integer states with missing mapped to ``C``; ``values`` ``(N, D)`` floats (for continuous
+    leaves); ``onehot`` ``(N, D (C+1))`` when the model reads discrete data as a matrix; ``with_partition`` tells
+    whether the last row is the all-missing row of the partition function.
+    """
+
+    codes: torch.Tensor
+    values: torch.Tensor
+    onehot: torch.Tensor | None
+    with_partition: bool
+
+    @property
+    def num_rows(self) -> int:
+        """Number of data rows (without the partition row)."""
+        return self.codes.shape[0] - int(self.with_partition)
+
+    def subset(self, rows: torch.Tensor) -> EncodedData:
+        """The data rows ``rows``, with the partition row kept at the end when there is one."""
+        if self.with_partition:
+            rows = torch.cat([rows.to(self.codes.device), torch.tensor([self.codes.shape[0] - 1],
+                                                                       device=self.codes.device)])
+        onehot = None if self.onehot is None else self.onehot[rows]
+        return EncodedData(self.codes[rows], self.values[rows], onehot, self.with_partition)
+
+    @cached_property
+    def compact(self) -> CompactOneHot | None:
+        """The compact form of the one-hot data rows (computed on first use, then kept)."""
+        if self.onehot is None or self.num_rows == 0:
+            return None
+        data = self.onehot[: self.num_rows]
+        num_vars = self.codes.shape[1]
+        width = data.shape[1] // num_vars
+        variables = torch.arange(num_vars, device=data.device)
+        used = (data.amax(dim=0) > 0).view(num_vars, width)
+        first = used.to(torch.uint8).argmax(dim=1)
+        references = variables * width + first
+        kept = used.clone()
+        kept[variables, first] = False
+        columns = kept.view(-1).nonzero().squeeze(1)
+        return CompactOneHot(data[:, columns].contiguous(), columns, references[columns // width], references)

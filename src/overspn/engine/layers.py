@@ -1,0 +1,140 @@
+"""Inner layers of a compiled structure: every node of one height and type evaluated by one batched operation.
+
+Layouts: ``N`` rows, a layer of ``P`` products or ``S`` sums with at most ``A`` children each, gathered from the
+outputs of earlier layers into ``(N, P, A)`` / ``(N, S, A)``; padding children contribute log 1 to a product and
+weight 0 to a sum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from overspn.engine.semiring import logsumexp
+from overspn.engine.weights import SumWeights
+
+if TYPE_CHECKING:
+    from overspn.engine.encoding import CompactOneHot
+
+__all__ = ["Gather", "ProductLayer", "SumLayer", "TabularProductLayer"]
+
+
+class Gather(nn.Module):
+    """Children of a layer, as a padded ``(nodes, arity)`` index into the concatenation of its source layers."""
+
+    def __init__(self, sources: list[int], index: np.ndarray, pad_mask: np.ndarray, source_width: int):
+        super().__init__()
+        self.sources = sources
+        self.arity = index.shape[1]
+        self.has_padding = bool(pad_mask.any())
+        # A sum over all columns of its single source in order needs no gather (e.g. the root of a mixture).
+        self.identity = len(sources) == 1 and index.shape[0] == 1 and np.array_equal(
+            index[0], np.arange(source_width)
+        )
+        self.register_buffer("index", torch.from_numpy(index.reshape(-1)), persistent=False)
+        self.register_buffer("pad_mask", torch.from_numpy(pad_mask), persistent=False)
+
+    def gather(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        if len(self.sources) == 1:
+            source = outputs[self.sources[0]]
+        else:
+            source = torch.cat([outputs[s] for s in self.sources], 1)
+        if self.identity:
+            return source.unsqueeze(1)
+        return source.index_select(1, self.index).view(source.shape[0], -1, self.arity)
+
+
+class ProductLayer(nn.Module):
+    """Products as gather + sum over ``(N, P, A)``; padding contributes log 1 = 0."""
+
+    def __init__(self, children: Gather):
+        super().__init__()
+        self.children_ = children
+
+    def forward(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        gathered = self.children_.gather(outputs)
+        if self.children_.has_padding:
+            gathered = gathered.masked_fill(self.children_.pad_mask, 0.0)
+        return gathered.sum(dim=2)
+
+
+class SumLayer(nn.Module):
+    """Sums as gather + log-sum-exp over ``(N, S, A)`` with log-weights ``(S, A)`` (padding has weight 0)."""
+
+    def __init__(self, children: Gather, weights: SumWeights):
+        super().__init__()
+        self.children_ = children
+        self.weights = weights
+
+    def forward(self, outputs: list[torch.Tensor], mode: str = "sum", generator: Any = None) -> torch.Tensor:
+        scores = self.children_.gather(outputs) + self.weights.log_weights()
+        if mode == "sum":
+            return logsumexp(scores, dim=2)
+        if mode == "max":
+            choice = scores.argmax(dim=2, keepdim=True)
+            return scores.gather(2, choice).squeeze(2)
+        # "sample": exact values forward, gradient routed to a child drawn from its posterior by the Gumbel-max trick
+        uniform = torch.rand(scores.shape, generator=generator, dtype=scores.dtype, device=scores.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(scores.dtype).tiny)))
+        choice = (scores.detach() + gumbel).argmax(dim=2, keepdim=True)
+        chosen = scores.gather(2, choice).squeeze(2)
+        return logsumexp(scores.detach(), dim=2) + chosen - chosen.detach()
+
+
+class TabularProductLayer(nn.Module):
+    """Products of discrete inputs over distinct variables as one matrix product.
+
+    log prod_j f_j(x_{v_j}) = sum_d table[j(d), code_d] = onehot(codes) ``(N, D (C+1))`` @ W ``(D (C+1), P)``,
+    where W holds each child's table row in the block of its variable and zeros (log 1) elsewhere.
+    """
+
+    def __init__(self, num_vars: int, cardinality: int, num_table_rows: int, rows: np.ndarray, vars_: np.ndarray,
+                 products: np.ndarray, num_products: int, generic: ProductLayer):
+        super().__init__()
+        self.num_vars, self.cardinality, self.num_products = num_vars, cardinality, num_products
+        width = cardinality + 1
+        # W[v (C+1) + c, p] = table[row, c] for the child ``row`` of product p on variable v, else log 1 = 0: an
+        # index into the flattened table followed by one slot holding 0. It is stored transposed, (P, D (C+1)), so
+        # that W is a column-major view: torch's matrix-product backward is markedly faster for such a right factor.
+        source = np.full((num_products, num_vars, width), num_table_rows * width, dtype=np.int64)
+        source[products[:, None], vars_[:, None], np.arange(width)[None, :]] = rows[:, None] * width + np.arange(width)
+        self.register_buffer("source", torch.from_numpy(source.reshape(num_products, num_vars * width)),
+                             persistent=False)
+        missing = np.arange(num_vars) * width + cardinality
+        self.register_buffer("missing_columns", torch.from_numpy(missing), persistent=False)
+        self.generic = generic
+
+    def matrix(self, table: torch.Tensor) -> torch.Tensor:
+        """W ``(D (C+1), P)``, a column-major view."""
+        return self._flat_table(table)[self.source].T
+
+    @staticmethod
+    def _flat_table(table: torch.Tensor) -> torch.Tensor:
+        return torch.cat([table.reshape(-1), table.new_zeros(1)])
+
+    def forward(self, onehot: torch.Tensor, table: torch.Tensor, compact: CompactOneHot | None = None,
+                partition_row: bool = False) -> torch.Tensor:
+        """``(N, P)`` log-products; with ``compact`` (the data rows, without the partition row when there is one)
+        the narrower matrix product is used whenever the table is finite on the columns it keeps."""
+        if compact is not None:
+            flat = self._flat_table(table)
+            kept, reference = flat[self.source[:, compact.columns]], flat[self.source[:, compact.references]]
+            # one check (and, on an accelerator, one synchronisation) for both: the entries are finite or -inf
+            if bool(torch.isfinite(kept.sum() + reference.sum())):
+                weights = kept - flat[self.source[:, compact.column_references]]  # (P, K)
+                product = torch.addmm(reference.sum(1), compact.values, weights.T)
+                if not partition_row:
+                    return product
+                return torch.cat([product, flat[self.source[:, self.missing_columns]].sum(1).unsqueeze(0)])
+        matrix = self.matrix(table)
+        impossible = torch.isinf(matrix)
+        if not bool(impossible.any()):
+            return onehot @ matrix
+        # 0 * -inf would be NaN: multiply the finite part and mark rows that hit an impossible state separately.
+        finite = torch.where(impossible, torch.zeros_like(matrix), matrix)
+        hits = onehot @ impossible.to(onehot.dtype)
+        return (onehot @ finite).masked_fill(hits > 0, -math.inf)
