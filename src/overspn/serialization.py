@@ -39,7 +39,7 @@ from overspn.symbolic.structure import (
     topological_order,
 )
 
-__all__ = ["save", "load", "structure_to_dict", "structure_from_dict"]
+__all__ = ["save", "load", "read_header", "structure_to_dict", "structure_from_dict"]
 
 FORMAT = "overspn-model"
 VERSION = 2  # version 1: compiled structures only, without "kind"
@@ -126,8 +126,11 @@ def _numbers(value: Any, number: int, field: str) -> Any:
     return value
 
 
-def save(model: SPNModule, path: str | os.PathLike[str]) -> None:
+def save(model: SPNModule, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
     """Write ``model`` (its layout, options and exact parameter values) to ``path`` atomically.
+
+    ``metadata``: JSON-compatible facts to keep with the model (e.g. the data and settings it was trained with);
+    :func:`read_header` returns them without building the model.
 
     Raises ModelFileError, writing nothing, when the parameters are not those of a usable model (NaN, a negative
     raw weight, a zero partition function: e.g. after training diverged), since such a file could not be loaded.
@@ -137,11 +140,17 @@ def save(model: SPNModule, path: str | os.PathLike[str]) -> None:
     problem = _parameter_problem(model)
     if problem is not None:
         raise ModelFileError(f"cannot save the model to {path}: {problem}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ModelFileError(f"metadata must be a dict, got {type(metadata).__name__}")
     header = {"format": FORMAT, "version": VERSION, "kind": model.kind,
-              "dtype": str(model.dtype).removeprefix("torch."), **model.file_config()}
+              "dtype": str(model.dtype).removeprefix("torch."), **model.file_config(), "metadata": metadata or {}}
+    try:
+        text = json.dumps(header, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"cannot save the model to {path}: metadata is not plain JSON ({error})") from error
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("model.json", json.dumps(header))
+        archive.writestr("model.json", text)
         for key, tensor in model.state_dict().items():
             array = io.BytesIO()
             np.save(array, tensor.detach().cpu().numpy(), allow_pickle=False)
@@ -181,6 +190,18 @@ def load(path: str | os.PathLike[str]) -> SPNModule:
         raise ModelFileError(f"{path}: corrupted or truncated model file ({type(error).__name__}: {error})") from error
 
 
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of a model file (format, version, kind, dtype, layout arguments, metadata) and its number of
+    parameters; the whole file is checked first, like :func:`load` does. Raises ModelFileError."""
+    path = Path(path)
+    model = load(path)  # the header is only trusted once the whole file has been checked
+    with zipfile.ZipFile(path) as archive:
+        header = json.loads(archive.read("model.json"))
+    header["num_parameters"] = model.num_parameters()
+    header.setdefault("metadata", {})
+    return header
+
+
 def _load_archive(path: Path, archive: zipfile.ZipFile) -> SPNModule:
     names = set(archive.namelist())
     if "model.json" not in names:
@@ -197,6 +218,8 @@ def _load_archive(path: Path, archive: zipfile.ZipFile) -> SPNModule:
     kind = header.get("kind", "compiled") if version == 1 else header.get("kind")
     if kind not in MODEL_KINDS:
         raise ModelFileError(f"{path}: unknown model kind {kind!r} (known: {', '.join(sorted(MODEL_KINDS))})")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: header field 'metadata' must be an object, got {header['metadata']!r}")
     fields = {"dtype": _HEADER_FIELDS["dtype"], **(_COMPILED_FIELDS if kind == "compiled" else {})}
     for field, accepted in fields.items():
         if field not in header:

@@ -17,9 +17,10 @@ import os
 import sys
 from typing import NoReturn
 
+from overspn import __version__
 from overspn.errors import DivergenceError, OverspnError
 
-COMMANDS = ("reproduce", "dynamics", "compare", "train")
+COMMANDS = ("train", "eval", "sample", "mpe", "info", "reproduce", "dynamics", "compare")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -36,7 +37,9 @@ def _one_line(text: str) -> str:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="overspn", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="overspn", description="Sum-product networks: train them, use them, and study "
+                            "the optimisation of overparametrized ones.")
+    parser.add_argument("--version", action="version", version=f"overspn {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name in COMMANDS:
         try:
