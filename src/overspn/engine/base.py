@@ -12,13 +12,14 @@ its structure. Every subclass registers a ``kind`` under which :func:`overspn.sa
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from overspn.engine.encoding import EncodedData, check_data
+from overspn.engine.encoding import EncodedData, as_checked_tensor, checked_codes
 from overspn.engine.weights import check_weight_options
 from overspn.errors import ConfigurationError
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from overspn.engine.compiled import CompiledSPN
     from overspn.symbolic.structure import Node
 
-__all__ = ["SPNModule", "MODEL_KINDS", "check_dtype"]
+__all__ = ["SPNModule", "MODEL_KINDS", "check_dtype", "EncodingCache"]
 
 #: every model class by the ``kind`` under which model files store it
 MODEL_KINDS: dict[str, type[SPNModule]] = {}
@@ -35,6 +36,54 @@ MODEL_KINDS: dict[str, type[SPNModule]] = {}
 def check_dtype(dtype: object) -> None:
     if dtype not in (torch.float32, torch.float64):
         raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+
+
+class EncodingCache:
+    """The encodings of the last few torch tensors a model evaluated, so that evaluating the same tensor again (every
+    step of full-batch training, written the plain torch way) skips checking and encoding it.
+
+    An entry is used only for the very same tensor object (held by a weak reference, so the cache never keeps the
+    input alive, and its entry is dropped when the input is freed) whose data pointer, shape, strides, dtype, device
+    and autograd version counter are unchanged -- an in-place change of the tensor (or of any view of its storage)
+    bumps the version counter and invalidates the entry -- and only for the model dtype and device, and the grad and
+    inference mode, under which it was encoded. Not cached: numpy arrays (numpy has no version counter, so an
+    in-place change could not be detected; convert once with ``torch.as_tensor`` or call ``model.encode``), tensors
+    that require grad, inference tensors, and tensors seen while tracing or compiling. Changes the version counter
+    does not see are not detected either: writes through ``tensor.data`` or through memory shared with numpy.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self.entries: list[tuple[weakref.ref, tuple[Any, ...], EncodedData]] = []
+
+    @staticmethod
+    def key(x: Any, *settings: Any) -> tuple[Any, ...] | None:
+        """What identifies ``x``'s content (with ``settings``), or None when ``x`` is not cacheable."""
+        if (type(x) is not torch.Tensor or x.requires_grad or x.is_inference() or x.is_sparse
+                or torch.compiler.is_compiling()):
+            return None
+        try:
+            return (x.data_ptr(), x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version,
+                    torch.is_inference_mode_enabled(), *settings)
+        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch or fake tensors)
+            return None
+
+    def get(self, x: torch.Tensor, key: tuple[Any, ...]) -> EncodedData | None:
+        for reference, entry_key, data in self.entries:
+            if reference() is x and entry_key == key:
+                return data
+        return None
+
+    def put(self, x: torch.Tensor, key: tuple[Any, ...], data: EncodedData) -> None:
+        entries = [entry for entry in self.entries if entry[0]() is not None and entry[0]() is not x]
+        entries.insert(0, (weakref.ref(x, self._forget), key, data))
+        self.entries = entries[: self.size]
+
+    def _forget(self, reference: weakref.ref) -> None:
+        self.entries = [entry for entry in self.entries if entry[0] is not reference]
+
+    def clear(self) -> None:
+        self.entries = []
 
 
 class SPNModule(nn.Module):
@@ -48,6 +97,10 @@ class SPNModule(nn.Module):
     kind: ClassVar[str] = ""
     #: whether :meth:`em_step` is available
     supports_em: ClassVar[bool] = False
+    #: how many recently evaluated input tensors keep their encoding (see :class:`EncodingCache`); 0 disables it
+    encoding_cache_size: int = 2
+    var_cardinality: torch.Tensor
+    dtype_anchor: torch.Tensor
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,28 +165,86 @@ class SPNModule(nn.Module):
     def check_data(self, x: Any, allow_missing: bool = True) -> torch.Tensor:
         """``x`` (array or tensor ``(N, num_vars)``, NaN = missing) as a checked tensor of the model's dtype and
         device; raises DataError naming the row, column and value that is wrong."""
-        return check_data(x, self.num_vars, self.var_cardinality, self.dtype, self.device, allow_missing)
+        tensor = as_checked_tensor(x, self.num_vars, self.dtype, self.device)
+        checked_codes(tensor, self.var_cardinality, self.cardinality, allow_missing)
+        return tensor
 
     def encode(self, x: Any, with_partition: bool = True, allow_missing: bool = True) -> EncodedData:
         """Check and encode ``x`` once; the result can be passed to every evaluation method instead of ``x``."""
         if isinstance(x, EncodedData):
             return x
-        values = self.check_data(x, allow_missing)
+        if with_partition:
+            return self._cached_encoding(x, allow_missing)
+        return self._encode_uncached(x, with_partition, allow_missing)
+
+    def _encode_uncached(self, x: Any, with_partition: bool, allow_missing: bool) -> EncodedData:
+        values = as_checked_tensor(x, self.num_vars, self.dtype, self.device)
+        codes = checked_codes(values, self.var_cardinality, self.cardinality, allow_missing)
         if with_partition:
             values = torch.cat([values, values.new_full((1, self.num_vars), math.nan)])
-        return self._encode_checked(values, with_partition)
+            codes = torch.cat([codes, codes.new_full((1, self.num_vars), self.cardinality)])
+        return self._encode_codes(codes, values, with_partition)
+
+    def _encode_codes(self, codes: torch.Tensor, values: torch.Tensor, with_partition: bool) -> EncodedData:
+        """Encoded data from checked ``values`` and their ``codes`` (missing and continuous entries = C)."""
+        return EncodedData(codes, values, None, with_partition)
 
     def _encode_checked(self, values: torch.Tensor, with_partition: bool) -> EncodedData:
         codes = torch.nan_to_num(values, nan=float(self.cardinality)).long()
         codes[:, self.var_cardinality == 0] = self.cardinality
-        return EncodedData(codes, values, None, with_partition)
+        return self._encode_codes(codes, values, with_partition)
+
+    @property
+    def encoding_cache(self) -> EncodingCache:
+        """The encodings of recently evaluated input tensors (kept outside the module's state; see
+        :class:`EncodingCache`)."""
+        cache = self.__dict__.get("_encoding_cache")
+        if cache is None:
+            cache = EncodingCache(self.encoding_cache_size)
+            self.__dict__["_encoding_cache"] = cache
+        return cache
+
+    def clear_encoding_cache(self) -> None:
+        """Forget the encodings of recently evaluated inputs."""
+        self.__dict__.pop("_encoding_cache", None)
+
+    def _cached_encoding(self, x: Any, allow_missing: bool) -> EncodedData:
+        """``x`` encoded with the partition row, from the cache when ``x`` is a tensor evaluated recently."""
+        if self.encoding_cache_size <= 0:
+            return self._encode_uncached(x, True, allow_missing)
+        key = EncodingCache.key(x, self.dtype, self.device, allow_missing)
+        if key is None:
+            return self._encode_uncached(x, True, allow_missing)
+        cache = self.encoding_cache
+        data = cache.get(x, key)
+        if data is None:
+            data = self._encode_uncached(x, True, allow_missing)
+            cache.put(x, key, data)
+        return data
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles of a model do not carry the encodings of its past inputs
+        state = dict(super().__getstate__())
+        state.pop("_encoding_cache", None)
+        return state
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        # .to(), .double(), .cuda() ...: encodings for the old dtype or device are of no further use
+        self.clear_encoding_cache()
+        return super()._apply(*args, **kwargs)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
 
+    def _data_for(self, x: Any) -> EncodedData:
+        """Encoded data of ``x`` with the partition row: ``x`` itself when encoded, else through the cache."""
+        if isinstance(x, EncodedData):
+            return x
+        return self._cached_encoding(x, True)
+
     def log_unnormalised(self, x: Any) -> torch.Tensor:
         """``(N,)`` log f(x); NaN entries are marginalised."""
-        data = self.encode(x, with_partition=False)
-        values = self._evaluate(data, use_compact=isinstance(x, EncodedData))
+        data = self._data_for(x)
+        values = self._evaluate(data, use_compact=True)
         return values[:-1] if data.with_partition else values
 
     def log_partition(self) -> torch.Tensor:
@@ -142,11 +253,16 @@ class SPNModule(nn.Module):
         return self._evaluate(self._encode_checked(row, with_partition=False))[0]
 
     def log_likelihood(self, x: Any) -> torch.Tensor:
-        """``(N,)`` log f(x) - log f(*): normalised log-probabilities (densities for continuous leaves)."""
+        """``(N,)`` log f(x) - log f(*): normalised log-probabilities (densities for continuous leaves).
+
+        ``x``: an array or tensor ``(N, num_vars)`` (NaN = missing), or ``model.encode(x)``. A torch tensor
+        evaluated again unchanged reuses its checked encoding (see :class:`EncodingCache`), so calling this on
+        the same tensor every step costs about as much as passing ``model.encode(x)``; results are identical.
+        """
         if self.normalised_by_construction:
             return self.log_unnormalised(x)
-        data = self.encode(x, with_partition=True)
-        values = self._evaluate(data, use_compact=isinstance(x, EncodedData))
+        data = self._data_for(x)
+        values = self._evaluate(data, use_compact=True)
         if not data.with_partition:
             return values - self.log_partition()
         return values[:-1] - values[-1]

@@ -200,9 +200,7 @@ class CompiledSPN(SPNModule):
 
     # -- data and evaluation ---------------------------------------------------------------------------------------
 
-    def _encode_checked(self, values: torch.Tensor, with_partition: bool) -> EncodedData:
-        codes = torch.nan_to_num(values, nan=float(self.cardinality)).long()
-        codes[:, self.var_cardinality == 0] = self.cardinality
+    def _encode_codes(self, codes: torch.Tensor, values: torch.Tensor, with_partition: bool) -> EncodedData:
         onehot = None
         if self.tabular is not None:
             onehot = F.one_hot(codes, self.cardinality + 1).to(values.dtype).view(len(codes), -1)

@@ -16,13 +16,12 @@ import torch
 
 from overspn.errors import DataError
 
-__all__ = ["check_data", "CompactOneHot", "EncodedData"]
+__all__ = ["as_checked_tensor", "check_data", "checked_codes", "CompactOneHot", "EncodedData"]
 
 
-def check_data(x: Any, num_vars: int, cardinality: torch.Tensor, dtype: torch.dtype, device: torch.device,
-               allow_missing: bool = True) -> torch.Tensor:
-    """``x`` as a ``(N, num_vars)`` tensor of ``dtype`` on ``device``, its values checked against ``cardinality``
-    (``(D,)``, 0 for a continuous variable). Raises DataError naming the row, column and value that is wrong."""
+def as_checked_tensor(x: Any, num_vars: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``x`` as a ``(N, num_vars)`` tensor of ``dtype`` on ``device`` (no copy when it already is one); its values
+    are not checked yet. Raises DataError for a wrong type or shape."""
     if isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise DataError(f"data must be numeric, got a numpy array of dtype {x.dtype}")
@@ -38,26 +37,58 @@ def check_data(x: Any, num_vars: int, cardinality: torch.Tensor, dtype: torch.dt
     if tensor.shape[1] != num_vars:
         raise DataError(f"data has {tensor.shape[1]} columns (shape {tuple(tensor.shape)}) but the model has "
                         f"{num_vars} variables")
-    tensor = tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device, dtype=dtype)
+
+
+def checked_codes(tensor: torch.Tensor, cardinality: torch.Tensor, missing_code: int,
+                  allow_missing: bool = True) -> torch.Tensor:
+    """Check the values of ``tensor`` ``(N, D)`` against ``cardinality`` (``(D,)``, 0 for a continuous variable) and
+    return their integer codes ``(N, D)``: the state of a discrete entry, ``missing_code`` for a missing (NaN) entry
+    and for every entry of a continuous variable. Raises DataError naming the row, column and value that is wrong.
+
+    The check and the encoding are one pass: a discrete entry is valid iff it survives the round trip through its
+    integer code and that code lies in ``0 .. C_d - 1`` (false for NaN, infinities and fractions); a continuous entry
+    iff it is finite. Valid data is checked with a handful of elementwise operations and one reduction; only bad
+    data pays for locating the culprit.
+    """
     if tensor.shape[0] == 0:
-        return tensor
-    bad = torch.isinf(tensor)
-    if not allow_missing:
-        bad |= torch.isnan(tensor)
-    card = cardinality.to(tensor.dtype)
-    discrete = card > 0
-    outside = discrete & ~torch.isnan(tensor) & ((tensor < 0) | (tensor >= card) | (tensor != torch.round(tensor)))
-    bad |= outside
-    if bool(bad.any()):
-        row, column = bad.nonzero()[0].tolist()
-        value = tensor[row, column].item()
-        if math.isnan(value):
-            reason = "missing values (NaN) are not allowed here"
-        elif math.isinf(value):
-            reason = "values must be finite"
-        else:
-            reason = f"variable x{column} is discrete with states 0..{int(card[column]) - 1}"
-        raise DataError(f"invalid value {value!r} in row {row}, column {column}: {reason}")
+        return torch.empty(tensor.shape, dtype=torch.long, device=tensor.device)
+    cardinality = cardinality.to(tensor.device)
+    high = (cardinality - 1).clamp_min(0)
+    codes = torch.nan_to_num(tensor, nan=-1.0, posinf=-1.0, neginf=-1.0).long()
+    ok = (codes.to(tensor.dtype) == tensor).logical_and_(codes.clamp(torch.zeros_like(high), high) == codes)
+    continuous = cardinality == 0
+    any_continuous = bool(continuous.any())
+    if any_continuous:
+        ok = torch.where(continuous, torch.isfinite(tensor), ok)
+    missing = torch.isnan(tensor)
+    valid = ok.logical_or(missing) if allow_missing else ok
+    if not bool(valid.all()):
+        _raise_first_bad(tensor, ~valid, cardinality)
+    codes.masked_fill_(missing, missing_code)
+    if any_continuous:
+        codes[:, continuous] = missing_code
+    return codes
+
+
+def _raise_first_bad(tensor: torch.Tensor, bad: torch.Tensor, cardinality: torch.Tensor) -> None:
+    row, column = bad.nonzero()[0].tolist()
+    value = tensor[row, column].item()
+    if math.isnan(value):
+        reason = "missing values (NaN) are not allowed here"
+    elif math.isinf(value):
+        reason = "values must be finite"
+    else:
+        reason = f"variable x{column} is discrete with states 0..{int(cardinality[column]) - 1}"
+    raise DataError(f"invalid value {value!r} in row {row}, column {column}: {reason}")
+
+
+def check_data(x: Any, num_vars: int, cardinality: torch.Tensor, dtype: torch.dtype, device: torch.device,
+               allow_missing: bool = True) -> torch.Tensor:
+    """``x`` as a ``(N, num_vars)`` tensor of ``dtype`` on ``device``, its values checked against ``cardinality``
+    (``(D,)``, 0 for a continuous variable). Raises DataError naming the row, column and value that is wrong."""
+    tensor = as_checked_tensor(x, num_vars, dtype, device)
+    checked_codes(tensor, cardinality, 0, allow_missing)
     return tensor
 
 
