@@ -8,6 +8,7 @@ from overspn.data import load_dataset
 from overspn.engine.base import SPNModule
 from overspn.engine.compiled import CompiledSPN, compile, compile_structure
 from overspn.engine.encoding import EncodedData
+from overspn.engine.hclt import HCLT, HCLTConfig
 from overspn.engine.rat import RatConfig, RatSPN, rat_spn
 from overspn.errors import (
     ConfigurationError,
@@ -42,6 +43,8 @@ __all__ = [
     "Bernoulli",
     "Categorical",
     "CompiledSPN",
+    "HCLT",
+    "HCLTConfig",
     "RatConfig",
     "RatSPN",
     "SPNModule",
