@@ -25,7 +25,7 @@ from overspn import data
 from overspn.cli import argtypes
 from overspn.cli import main as cli
 from overspn.errors import ConfigurationError, DataError, ModelFileError, OverspnError, StructureError
-from overspn.learn.learning import train
+from overspn.learn.fit import fit
 
 
 @dataclass(frozen=True)
@@ -259,12 +259,15 @@ API_CASES = [
          ("weights must be one of", "'exp'")),
     Case("negative floor", lambda d: osp.compile(osp.mixture(2, 2), floor=-1.0), ConfigurationError,
          ("floor", "-1.0")),
-    Case("learning rate 0", lambda d: train(small_model(), np.zeros((2, 3)), iterations=1, lr=0.0, progress=False),
+    Case("learning rate 0", lambda d: fit(small_model(), np.zeros((2, 3)), optimizer="sgd", epochs=1, lr=0.0),
          ConfigurationError, ("learning rate", "> 0", "0.0")),
-    Case("learning rate -1", lambda d: train(small_model(), np.zeros((2, 3)), iterations=1, lr=-1, progress=False),
+    Case("learning rate -1", lambda d: fit(small_model(), np.zeros((2, 3)), optimizer="sgd", epochs=1, lr=-1),
          ConfigurationError, ("learning rate", "-1")),
-    Case("learning rate NaN", lambda d: train(small_model(), np.zeros((2, 3)), iterations=1, lr=float("nan"),
-                                              progress=False), ConfigurationError, ("learning rate", "nan")),
+    Case("learning rate NaN", lambda d: fit(small_model(), np.zeros((2, 3)), optimizer="sgd", epochs=1,
+                                            lr=float("nan")), ConfigurationError, ("learning rate", "nan")),
+    Case("damaged checkpoint", lambda d: fit(small_model(), np.zeros((2, 3)), optimizer="sgd", epochs=1, lr=0.1,
+                                             checkpoint=write(d, "run.pt", "garbage")), ModelFileError,
+         ("run.pt", "damaged", "--restart")),
     # -- model files -----------------------------------------------------------------------------------------------
     Case("missing model file", lambda d: osp.load(d / "none.ospn"), ModelFileError, ("none.ospn", "no such")),
     Case("empty model file", lambda d: osp.load(write(d, "empty.ospn", "")), ModelFileError,
@@ -426,11 +429,11 @@ def test_gradient_ascent_with_a_huge_learning_rate_raises_divergence() -> None:
     model = gaussian_mixture()
     x = np.random.default_rng(0).normal(size=(50, 3))
     with pytest.raises(osp.DivergenceError) as caught:
-        train(model, x, iterations=20, lr=1e4, progress=False)
+        fit(model, x, optimizer="sgd", epochs=20, lr=1e4)
     error = caught.value
     assert isinstance(error, OverspnError) and not isinstance(error, ValueError)
     assert error.iteration == 1
-    assert "iteration 1" in str(error) and "learning rate" in str(error)
+    assert "epoch 1" in str(error) and "learning rate" in str(error)
     assert len(error.history.train_llh) == error.iteration  # the finite values before it
     # the model holds the last parameters with a finite objective: here the initial ones
     initial = gaussian_mixture()
@@ -439,24 +442,20 @@ def test_gradient_ascent_with_a_huge_learning_rate_raises_divergence() -> None:
     assert float(model.log_likelihood(x).detach().mean()) == pytest.approx(error.history.train_llh[-1], rel=1e-12)
 
 
-def test_data_of_zero_probability_diverge_at_iteration_zero() -> None:
+def test_data_of_zero_probability_diverge_at_epoch_zero() -> None:
     model = osp.compile(osp.Sum([osp.Product([osp.Indicator(0, 1), osp.Bernoulli(1, 0.5)])]), dtype=torch.float64)
     with pytest.raises(osp.DivergenceError) as caught:
-        train(model, np.array([[1.0, 0.0], [0.0, 1.0]]), iterations=5, lr=0.1, progress=False)
+        fit(model, np.array([[1.0, 0.0], [0.0, 1.0]]), optimizer="sgd", epochs=5, lr=0.1)
     assert caught.value.iteration == 0
-    assert "iteration 0" in str(caught.value) and "zero probability" in str(caught.value)
+    assert "epoch 0" in str(caught.value) and "zero probability" in str(caught.value)
 
 
 def test_mini_batch_training_with_a_huge_learning_rate_raises_divergence() -> None:
     from overspn.engine.rat import RatConfig, RatSPN
-    from overspn.learn.training import TrainSettings
-    from overspn.learn.training import train as train_rat
-
     model = RatSPN(RatConfig(num_vars=4, depth=1, num_repetitions=2, num_sums=2, num_input=2, leaf="gaussian"))
     x = np.random.default_rng(0).normal(size=(60, 4))
     with pytest.raises(osp.DivergenceError) as caught:
-        train_rat(model, x, settings=TrainSettings(optimizer="sgd", lr=1e6, batch_size=30, epochs=5,
-                                                   eval_batch_size=60))
+        fit(model, x, optimizer="sgd", lr=1e6, batch_size=30, epochs=5, eval_batch_size=60)
     error = caught.value
     assert error.iteration >= 1 and f"epoch {error.iteration}" in str(error) and "learning rate" in str(error)
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -30,11 +30,13 @@ def test_shared_factors_follow_the_overparametrized_spn(branching: tuple[int, ..
     shallow = osp.compile(root, "raw", floor=floor**depth, dtype=torch.float64)
     root_parameter = root_weight_parameter(shallow)
     leaves = [p for p in shallow.parameters() if p is not root_parameter]
-    for parameter in leaves:
-        parameter.overspn_floor = floor  # the leaf weights keep the deep model's floor
+    floors = {**dict(shallow.raw_weight_floors()), **{p: floor for p in leaves}}  # leaves keep the deep model's floor
     deep_optimiser = torch.optim.SGD(deep.parameters(), lr=lr, maximize=True)
+    osp.keep_floor(deep_optimiser, deep)
     optimiser = Overparametrized([{"params": [root_parameter], "branching": branching, "init": init,
-                                   "factor_floor": floor}, {"params": leaves, "depth": 1}], lr=lr, maximize=True)
+                                   "factor_floor": floor}, {"params": leaves, "depth": 1}], lr=lr, maximize=True,
+                                 floors=floors)
+    osp.keep_floor(optimiser, shallow)
     x = _data()
     deep_x, shallow_x = deep.encode(x), shallow.encode(x)
     clamped = False
@@ -161,7 +163,7 @@ def test_floors_keep_raw_weights_valid() -> None:
     root_parameter = root_weight_parameter(model)
     others = [p for p in model.parameters() if p is not root_parameter]
     optimiser = Overparametrized([{"params": [root_parameter], "depth": 3}, {"params": others, "depth": 1}], lr=0.5,
-                                 maximize=True)
+                                 maximize=True, floors=model.raw_weight_floors())
     for _ in range(10):
         value = model.log_likelihood(x).mean()
         optimiser.zero_grad()
@@ -176,7 +178,10 @@ def test_floors_keep_raw_weights_valid() -> None:
     assert any(bool((f == factor_floor).any()) for f in factors)  # the floor was hit
     assert bool((root_parameter >= 1e-4).all())
     with pytest.raises(ConfigurationError, match="below the weights' floor"):
-        Overparametrized([root_parameter], lr=0.1, depth=3, factor_floor=1e-3 ** 2)
+        Overparametrized([root_parameter], lr=0.1, depth=3, factor_floor=1e-3 ** 2, floors={root_parameter: 1e-4})
+    # without floors the factors have no lower bound
+    free = Overparametrized([root_parameter], lr=0.1, depth=3, factor_floor=1e-3 ** 2)
+    assert free.floor(root_parameter) is None
 
 
 def test_depth_one_equals_sgd_exactly() -> None:
@@ -185,6 +190,8 @@ def test_depth_one_equals_sgd_exactly() -> None:
     x = first.encode(_data())
     optimisers = (Overparametrized(first.parameters(), lr=0.05, depth=1, maximize=True),
                   torch.optim.SGD(second.parameters(), lr=0.05, maximize=True))
+    osp.keep_floor(optimisers[0], first)
+    osp.keep_floor(optimisers[1], second)
     for _ in range(5):
         for model, optimiser in zip((first, second), optimisers):
             value = model.log_likelihood(x).mean()

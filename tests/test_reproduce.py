@@ -19,7 +19,7 @@ import torch
 import overspn as osp
 from overspn.cli.main import main
 from overspn.errors import ConfigurationError, DataError
-from overspn.learn.learning import History, train
+from overspn.learn.fit import History, fit
 from overspn.studies.depth import (
     BRANCHINGS,
     TARGET_GAP,
@@ -63,7 +63,7 @@ def test_unperturbed_components_stay_identical_and_depth_changes_nothing(tmp_pat
     assert np.all(np.diff(curves[1]) > 0) and curves[1][-1] > curves[1][0] + 0.03  # the leaves still learn
     model = build_model(study, 6, depth=3, run=0)
     x = np.loadtxt(data_dir / "toy" / "toy.train.data", delimiter=",")
-    train(model, x, iterations=60, lr=study.lr, progress=False)
+    fit(model, x, optimizer="sgd", lr=study.lr, epochs=60)
     collapsed = osp.collapse(model.to_structure())
     leaf_weights = np.array([[leaf.weights for leaf in component.children] for component in collapsed.children])
     assert np.array_equal(leaf_weights, np.broadcast_to(leaf_weights[0], leaf_weights.shape))  # bit for bit
@@ -76,7 +76,7 @@ def test_a_tiny_perturbation_breaks_the_symmetry(tmp_path: Path) -> None:
     for perturbation in (0.0, 1e-12):
         study = protocol_study("paper", datasets=["toy"], perturbation=perturbation)
         model = build_model(study, 6, depth=3, run=0)
-        history = train(model, x, iterations=400, lr=0.01, progress=False)
+        history = fit(model, x, optimizer="sgd", lr=0.01, epochs=400)
         assert history.train_llh[0] == pytest.approx(6 * math.log(0.5), abs=1e-10)
         leaf_weights = np.array([[leaf.weights / leaf.weights.sum() for leaf in component.children]
                                  for component in osp.collapse(model.to_structure()).children])
@@ -149,12 +149,14 @@ def test_gaussian_leaves_learn_means_and_deviations(tmp_path: Path) -> None:
         assert result.history.test_llh is not None and math.isfinite(result.history.test_llh[-1])
     model = build_model(study, 13, depth=3, run=0)
     means, log_std = model.gaussian.mean.detach().clone(), model.gaussian.log_std.detach().clone()
-    train(model, osp.data.load_sklearn("wine").train, iterations=40, lr=0.01, progress=False)
+    fit(model, osp.data.load_sklearn("wine").train, optimizer="sgd", lr=0.01, epochs=40)
     assert not torch.allclose(model.gaussian.mean, means) and not torch.allclose(model.gaussian.log_std, log_std)
 
 
 def fake_result(depth: int, run: int, curve: list[float]) -> RunResult:
-    return RunResult("d", depth, run, History(curve, None), 1.0)
+    entries = [{"epoch": epoch, "train_llh": value, "valid_llh": None, "test_llh": None, "seconds": 0.0,
+                "cpu_seconds": 0.0, "learning_rate": 0.01} for epoch, value in enumerate(curve)]
+    return RunResult("d", depth, run, History(entries), 1.0)
 
 
 def test_summary_counts_iterations_to_the_plateau_and_speedups() -> None:

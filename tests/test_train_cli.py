@@ -1,4 +1,5 @@
-"""Mini-batch training and ``overspn train``: improvement, early stopping, divergence, files, exact resumption."""
+"""Mini-batch training of RAT-SPNs and ``overspn train``: improvement, early stopping, divergence, files, exact
+resumption, two processes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from overspn.cli.main import main
 from overspn.cli.train import infer_leaf, parse_structure
 from overspn.engine.rat import RatConfig, RatSPN
 from overspn.errors import ConfigurationError, DivergenceError
-from overspn.learn.training import TrainResult, TrainSettings, evaluate, train
+from overspn.learn.fit import History, evaluate, fit
 
 
 @pytest.fixture(autouse=True)
@@ -60,13 +61,13 @@ def test_training_improves_the_likelihood_and_keeps_the_best_parameters() -> Non
     data = _mixture_data(900, 8, seed=1)
     model = RatSPN(RatConfig(8, 2, 3, 4, 4, seed=0))
     before = evaluate(model, data[600:])
-    result = train(model, data[:600], data[600:], TrainSettings(epochs=15, batch_size=50, patience=3, seed=0))
+    result = fit(model, data[:600], data[600:], epochs=15, batch_size=50, patience=3, lr_decay=0.5, seed=0)
     after = evaluate(model, data[600:])
     assert after > before + 0.5
     # the model holds the parameters of the best validation epoch, not the last one
     assert after == pytest.approx(result.best_valid_llh, abs=1e-9)
-    assert result.best_valid_llh == max(entry["valid_llh"] for entry in result.history)
-    assert len(result.history) == result.epochs
+    assert result.best_valid_llh == max(result.valid_llh)
+    assert len(result.entries) == result.epochs + 1 and result.entries[0]["valid_llh"] == pytest.approx(before)
     assert result.stop_reason in ("epochs", "early stopping")
 
 
@@ -75,7 +76,7 @@ def test_other_optimizers_improve_the_likelihood(optimizer: str, lr: float) -> N
     data = _mixture_data(600, 8, seed=2)
     model = RatSPN(RatConfig(8, 2, 3, 4, 4, seed=1))
     before = evaluate(model, data)
-    train(model, data, None, TrainSettings(optimizer=optimizer, epochs=4, batch_size=50, lr=lr, seed=0))
+    fit(model, data, optimizer=optimizer, epochs=4, batch_size=50, lr=lr, seed=0)
     assert evaluate(model, data) > before + 0.5
 
 
@@ -83,9 +84,9 @@ def test_divergence_names_the_epoch_and_keeps_finite_parameters() -> None:
     data = np.random.default_rng(3).normal(size=(300, 8))
     model = RatSPN(RatConfig(8, 2, 2, 3, 3, "gaussian", seed=0))
     with pytest.raises(DivergenceError, match=r"epoch 1 .*learning rate") as caught:
-        train(model, data, data, TrainSettings(optimizer="sgd", lr=1e3, epochs=3, batch_size=50))
+        fit(model, data, data, optimizer="sgd", lr=1e3, epochs=3, batch_size=50)
     assert caught.value.iteration == 1
-    assert caught.value.history == []
+    assert isinstance(caught.value.history, History) and caught.value.history.epochs == 0
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert math.isfinite(evaluate(model, data))
 
@@ -94,24 +95,27 @@ def test_checkpoint_extends_a_finished_run_and_refuses_other_settings(tmp_path: 
     data = _mixture_data(200, 8, seed=4)
     checkpoint = tmp_path / "checkpoint.pt"
 
-    def run(epochs: int, batch_size: int = 50) -> TrainResult:
-        return train(RatSPN(RatConfig(8, 1, 2, 2, 3, seed=0)), data, data,
-                     TrainSettings(epochs=epochs, batch_size=batch_size, patience=100), checkpoint=checkpoint)
+    def run(epochs: int, batch_size: int = 50) -> History:
+        return fit(RatSPN(RatConfig(8, 1, 2, 2, 3, seed=0)), data, data, epochs=epochs, batch_size=batch_size,
+                   patience=100, checkpoint=checkpoint)
 
     assert run(2).epochs == 2
     extended = run(4)
-    assert extended.epochs == 4 and [entry["epoch"] for entry in extended.history] == [1, 2, 3, 4]
+    assert extended.epochs == 4 and [entry["epoch"] for entry in extended.entries] == [0, 1, 2, 3, 4]
     with pytest.raises(ConfigurationError, match="batch_size: 50 there, 20 now"):
         run(6, batch_size=20)
 
 
 def test_settings_are_checked() -> None:
+    model, data = RatSPN(RatConfig(8, 1, 2, 2, 3, seed=0)), _mixture_data(20, 8, seed=0)
     with pytest.raises(ConfigurationError, match="learning rate"):
-        TrainSettings(lr=-1.0)
+        fit(model, data, lr=-1.0)
     with pytest.raises(ConfigurationError, match="optimizer"):
-        TrainSettings(optimizer="lbfgs")
+        fit(model, data, optimizer="lbfgs")
     with pytest.raises(ConfigurationError, match="batch_size"):
-        TrainSettings(batch_size=0)
+        fit(model, data, batch_size=0)
+    with pytest.raises(ConfigurationError, match="EM step size"):
+        fit(model, data, optimizer="em", lr=1.5)
     with pytest.raises(ConfigurationError, match="repetitions"):
         parse_structure("depth=2,reps=3")
     assert parse_structure("d=1,r=3,k=4,i=5") == {"depth": 1, "num_repetitions": 3, "num_sums": 4,
@@ -136,7 +140,7 @@ def test_cli_writes_metrics_curves_and_a_loadable_model(splits: dict[str, Path],
         assert key in metrics
     assert metrics["epochs"] == 3 and metrics["structure"]["leaf"] == "bernoulli"
     lines = (out / "curves.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_llh,valid_llh,cpu_seconds,seconds" and len(lines) == 4
+    assert lines[0] == "epoch,train_llh,valid_llh,cpu_seconds,seconds" and len(lines) == 5  # epochs 0 to 3
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = osp.load(out / "model.ospn")
     test = np.loadtxt(splits["test"], delimiter=",")
@@ -156,7 +160,7 @@ def test_cli_reports_bad_options_in_one_line(splits: dict[str, Path], tmp_path: 
 
 
 def _checkpoint_epochs(path: Path) -> int:
-    return int(torch.load(io.BytesIO(path.read_bytes()), weights_only=True)["epochs"])
+    return int(torch.load(io.BytesIO(path.read_bytes()), weights_only=True)["history"]["entries"][-1]["epoch"])
 
 
 def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_path: Path) -> None:
@@ -187,7 +191,7 @@ def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_pa
         assert first[key] == second[key], key
     curves = [[line.rsplit(",", 2)[0] for line in (folder / "curves.csv").read_text().splitlines()]
               for folder in (reference, resumed)]
-    assert curves[0] == curves[1] and len(curves[0]) == epochs + 1  # identical apart from the timings
+    assert curves[0] == curves[1] and len(curves[0]) == epochs + 2  # identical apart from the timings
     first_model, second_model = osp.load(reference / "model.ospn"), osp.load(resumed / "model.ospn")
     for (name, a), b in zip(first_model.state_dict().items(), second_model.state_dict().values()):
         assert torch.equal(a, b), name

@@ -14,7 +14,7 @@ from strategies import reference_log_value, structures
 
 import overspn as osp
 from overspn.errors import ConfigurationError, StructureError
-from overspn.learn.learning import train
+from overspn.learn.fit import fit
 
 LEAVES = ("indicator", "bernoulli", "categorical", "gaussian")
 
@@ -107,7 +107,7 @@ def test_collapse_of_a_trained_deep_model_equals_it(weights: str) -> None:
     deep = osp.overparametrize(osp.mixture(5, 8, seed=1, perturbation=0.3), (2, 4), init=1e-4)
     model = osp.compile(deep, weights, floor=1e-4, dtype=torch.float64)
     data = rng.integers(0, 2, size=(200, 5)).astype(np.float64)
-    train(model, data, iterations=30, lr=0.05, progress=False)
+    fit(model, data, optimizer="sgd", lr=0.05, epochs=30)
     trained = model.to_structure()
     moved = osp.collapse(trained).weights
     assert np.ptp(moved / moved.sum()) > 1e-3  # training made the components' weights differ

@@ -1,7 +1,8 @@
 """overspn: sum-product networks trained with gradients, overparametrized, collapsed and studied.
 
 The symbolic layer (:mod:`overspn.symbolic.structure`) builds and validates structures; :func:`compile` turns one into a
-layered tensor program (:mod:`overspn.engine.compiled`) that evaluates, trains, samples and completes data.
+layered tensor program (:mod:`overspn.engine.compiled`) that evaluates, trains, samples and completes data;
+:func:`fit` (:mod:`overspn.learn.fit`) is the training loop.
 """
 
 from overspn.data import load_dataset
@@ -18,6 +19,7 @@ from overspn.errors import (
     OverspnError,
     StructureError,
 )
+from overspn.learn.fit import History, fit
 from overspn.learn.floor import keep_floor
 from overspn.serialization import load, save, structure_from_dict, structure_to_dict
 from overspn.symbolic.structure import (
@@ -52,6 +54,7 @@ __all__ = [
     "DataError",
     "DivergenceError",
     "EncodedData",
+    "History",
     "Gaussian",
     "Indicator",
     "Leaf",
@@ -73,6 +76,7 @@ __all__ = [
     "load_dataset",
     "rat_spn",
     "describe",
+    "fit",
     "load",
     "num_parameters",
     "save",

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +42,9 @@ from overspn.cli.argtypes import finite_float, positive_int
 from overspn.data import load_dataset
 from overspn.engine.compiled import CompiledSPN
 from overspn.engine.compiled import compile as compile_spn
-from overspn.errors import ConfigurationError
+from overspn.errors import ConfigurationError, DivergenceError
+from overspn.learn.callbacks import StepTimes
+from overspn.learn.fit import fit
 from overspn.learn.optim import Overparametrized, root_weight_parameter
 from overspn.symbolic.transforms import mixture, overparametrize
 
@@ -81,7 +83,8 @@ DEEP_BRANCHING = {"deep2": (2, 4), "deep3": (2, 2, 2)}
 
 
 def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[CompiledSPN, torch.optim.Optimizer]:
-    """The model and optimiser of one method, started as the protocol says."""
+    """The model and optimiser of one method, started as the protocol says (optimisers minimise: :func:`fit` hands
+    them the negative log-likelihood)."""
     raw = protocol.weights == "raw"
     lr, init, floor = protocol.lr, protocol.init, protocol.floor
 
@@ -93,14 +96,14 @@ def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[Co
     if method in ("gd", "momentum", "adam"):
         model = shallow(init, floor)
         if method == "adam":
-            return model, torch.optim.Adam(model.parameters(), lr=lr, maximize=True)
+            return model, torch.optim.Adam(model.parameters(), lr=lr)
         momentum = 0.9 if method == "momentum" else 0.0
-        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, maximize=True)
+        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     if method in DEEP_BRANCHING:
         root = mixture(num_vars, COMPONENTS, "indicator", seed, root_weight=init, perturbation=protocol.perturbation)
         deep = overparametrize(root, DEEP_BRANCHING[method], init=init)
         model = compile_spn(deep, protocol.weights, floor=floor, dtype=torch.float64)
-        return model, torch.optim.SGD(model.parameters(), lr=lr, maximize=True)
+        return model, torch.optim.SGD(model.parameters(), lr=lr)
     if method.startswith("depth"):
         shared = method.endswith("-shared")
         depth = int(method[len("depth")]) if not shared else 3
@@ -111,8 +114,8 @@ def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[Co
             model = shallow(init**depth, floor**depth)
             root_parameter = root_weight_parameter(model)
             others = [p for p in model.parameters() if p is not root_parameter]
-            for parameter in others:
-                parameter.overspn_floor = floor  # type: ignore[attr-defined]
+            floors = {parameter: floor for parameter in others}  # the leaf weights keep the protocol's floor
+            floors[root_parameter] = floor**depth
             root_group: dict[str, Any] = {"params": [root_parameter], "depth": depth, "init": init,
                                           "factor_floor": floor}
         else:
@@ -120,42 +123,29 @@ def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[Co
             root_parameter = root_weight_parameter(model)
             others = [p for p in model.parameters() if p is not root_parameter]
             root_group = {"params": [root_parameter], "depth": depth, "init": "balanced"}
+            floors = {}
         if shared:
             root_group["branching"] = DEEP_BRANCHING["deep3"]
-        optimiser = Overparametrized([root_group, {"params": others, "depth": 1}], lr=lr, maximize=True)
-        return model, optimiser
+        optimizer = Overparametrized([root_group, {"params": others, "depth": 1}], lr=lr, floors=floors)
+        return model, optimizer
     raise ConfigurationError(f"unknown method {method!r}; choose from {METHODS}")
 
 
 def run_one(method: str, protocol: Protocol, dataset: Any, seed: int, iterations: int) -> dict[str, Any]:
     """Train one method; the train log-likelihood before every step and after the last, cumulative step seconds."""
-    model, optimiser = build(method, protocol, dataset.num_vars, seed)
-    train, test = model.encode(dataset.train), model.encode(dataset.test)
-    history: list[float] = []
-    seconds: list[float] = [0.0]
+    model, optimizer = build(method, protocol, dataset.num_vars, seed)
+    timer = StepTimes()
     diverged = False
-    elapsed = 0.0
-    for _ in range(iterations):
-        started = time.perf_counter()
-        objective = model.log_likelihood(train).mean()
-        value = objective.item()
-        if not math.isfinite(value):
-            diverged = True
-            break
-        optimiser.zero_grad()
-        objective.backward()
-        optimiser.step()
-        elapsed += time.perf_counter() - started
-        history.append(value)
-        seconds.append(elapsed)
+    try:  # every row counted (no merging of repeated rows), as the stored comparisons were computed
+        history = fit(model, dataset.train, optimizer=optimizer, epochs=iterations, callbacks=[timer],
+                      deduplicate=False).train_llh
+    except DivergenceError as error:
+        diverged, history = True, error.history.train_llh
+    seconds = [0.0, *itertools.accumulate(timer.seconds)][: len(history) + 1]
     with torch.no_grad():
-        final_train = model.log_likelihood(train).mean().item()
-        final_test = model.log_likelihood(test).mean().item()
-    if not diverged:
-        history.append(final_train)
-    diverged = diverged or not math.isfinite(final_train)
+        final_test = model.log_likelihood(model.encode(dataset.test)).mean().item()
     return {"method": method, "seed": seed, "iterations": iterations, "history": history, "seconds": seconds,
-            "final_train": final_train if not diverged else math.nan,
+            "final_train": history[-1] if not diverged else math.nan,
             "final_test": final_test if not diverged else math.nan, "diverged": diverged}
 
 
@@ -173,25 +163,20 @@ def time_steps(methods: Sequence[str], protocol: Protocol, dataset: Any, steps: 
     within each round, after a warm-up."""
     trainers = []
     for method in methods:
-        model, optimiser = build(method, protocol, dataset.num_vars, 0)
-        trainers.append((method, model, optimiser, model.encode(dataset.train)))
+        model, optimizer = build(method, protocol, dataset.num_vars, 0)
+        trainers.append((method, model, optimizer, model.encode(dataset.train)))
 
-    def step(model: CompiledSPN, optimiser: torch.optim.Optimizer, data: Any) -> None:
-        objective = model.log_likelihood(data).mean()
-        optimiser.zero_grad()
-        objective.backward()
-        optimiser.step()
+    def seconds_per_step(model: CompiledSPN, optimizer: torch.optim.Optimizer, data: Any, count: int) -> float:
+        timer = StepTimes()
+        fit(model, data, optimizer=optimizer, epochs=count, callbacks=[timer], deduplicate=False)
+        return sum(timer.seconds) / count
 
-    for _, model, optimiser, data in trainers:
-        for _ in range(3):
-            step(model, optimiser, data)
+    for _, model, optimizer, data in trainers:
+        seconds_per_step(model, optimizer, data, 3)
     samples: dict[str, list[float]] = {method: [] for method in methods}
     for _ in range(rounds):
-        for method, model, optimiser, data in trainers:
-            started = time.perf_counter()
-            for _ in range(steps):
-                step(model, optimiser, data)
-            samples[method].append((time.perf_counter() - started) / steps)
+        for method, model, optimizer, data in trainers:
+            samples[method].append(seconds_per_step(model, optimizer, data, steps))
     return {method: statistics.median(values) for method, values in samples.items()}
 
 

@@ -21,7 +21,7 @@ from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_t
 from overspn.data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
 from overspn.engine.rat import LEAF_KINDS, RatConfig, RatSPN
 from overspn.errors import ConfigurationError, DataError, DivergenceError
-from overspn.learn.training import OPTIMIZERS, TrainSettings, evaluate, train
+from overspn.learn.fit import DEFAULT_LEARNING_RATES, OPTIMIZERS, evaluate, fit
 from overspn.serialization import save
 
 STRUCTURE_KEYS = {"depth": "depth", "d": "depth", "repetitions": "num_repetitions", "r": "num_repetitions",
@@ -83,6 +83,7 @@ def _load_data(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray | 
 
 
 def _write_curves(out: Path, history: list[dict[str, Any]]) -> None:
+    """``curves.csv`` and ``curves.png`` of the history entries (epoch 0: the initial model)."""
     lines = ["epoch,train_llh,valid_llh,cpu_seconds,seconds"]
     for entry in history:
         valid = "" if entry["valid_llh"] is None else f"{entry['valid_llh']:.6f}"
@@ -96,7 +97,8 @@ def _write_curves(out: Path, history: list[dict[str, Any]]) -> None:
 
     figure, axes = plt.subplots(figsize=(6, 4))
     epochs = [entry["epoch"] for entry in history]
-    axes.plot(epochs, [entry["train_llh"] for entry in history], label="train (mean over the epoch's batches)")
+    axes.plot(epochs, [entry["train_llh"] for entry in history],
+              label="train (epoch 0: exact; then the mean over the epoch's batches)")
     if history and history[0]["valid_llh"] is not None:
         axes.plot(epochs, [entry["valid_llh"] for entry in history], label="validation")
     axes.set_xlabel("epoch")
@@ -141,9 +143,9 @@ def _run(args: argparse.Namespace) -> int:
     structure = parse_structure(args.structure)
     config = RatConfig(num_vars=train_data.shape[1], leaf=leaf, cardinality=cardinality, seed=args.seed, **structure)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    settings = TrainSettings(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                             time_budget=args.time_budget, patience=args.patience, lr_decay=args.lr_decay,
-                             seed=args.seed)
+    settings = {"optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+                "time_budget": args.time_budget, "patience": args.patience, "lr_decay": args.lr_decay,
+                "seed": args.seed}
     model = RatSPN(config, args.weights, dtype=dtype)
     model.initialise_from_data(train_data, seed=args.seed)
     out = Path(args.out)
@@ -159,10 +161,11 @@ def _run(args: argparse.Namespace) -> int:
     fingerprint = {"data": name, "rows": int(len(train_data)), "structure": config.as_dict(),
                    "weights": args.weights, "dtype": args.dtype}
     try:
-        result = train(model, train_data, valid_data, settings, checkpoint=checkpoint, fingerprint=fingerprint,
-                       progress=not args.quiet, distributed=args.distributed)
+        history = fit(model, train_data, valid_data, **settings, checkpoint=checkpoint, fingerprint=fingerprint,
+                      progress=not args.quiet, distributed=args.distributed)
     except DivergenceError as error:
-        _write_curves(out, list(error.history or []))
+        if first and error.history is not None:
+            _write_curves(out, error.history.entries)
         raise
     if not first:
         return 0  # every process holds the same parameters; the first one writes the results
@@ -172,22 +175,20 @@ def _run(args: argparse.Namespace) -> int:
         "train_llh": evaluate(model, train_data),
         "valid_llh": evaluate(model, valid_data),
         "test_llh": evaluate(model, test_data),
-        "seconds": result.seconds,
-        "cpu_seconds": result.cpu_seconds,
-        "epochs": result.epochs,
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
+        "seconds": history.seconds,
+        "cpu_seconds": history.cpu_seconds,
+        "epochs": history.epochs,
+        "best_epoch": history.best_epoch,
+        "stop_reason": history.stop_reason,
         "num_params": model.num_parameters(),
         "processes": int(os.environ.get("WORLD_SIZE", 1)) if args.distributed else 1,
         "structure": config.as_dict(),
         "weights": args.weights,
         "dtype": args.dtype,
-        "settings": {"optimizer": settings.optimizer, "lr": settings.learning_rate, "batch_size": settings.batch_size,
-                     "epochs": settings.epochs, "time_budget": settings.time_budget, "patience": settings.patience,
-                     "lr_decay": settings.lr_decay,
-                     "seed": settings.seed, "threads": torch.get_num_threads()},
+        "settings": {**settings, "lr": DEFAULT_LEARNING_RATES[args.optimizer] if args.lr is None else args.lr,
+                     "threads": torch.get_num_threads()},
     }
-    _write_curves(out, result.history)
+    _write_curves(out, history.entries)
     save(model.to_compiled(), out / "model.ospn")
     metrics["evaluation_seconds"] = time.perf_counter() - started
     atomic_write_json(out / "metrics.json", metrics)
@@ -195,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         test = "n/a" if metrics["test_llh"] is None else f"{metrics['test_llh']:.4f}"
         valid = "n/a" if metrics["valid_llh"] is None else f"{metrics['valid_llh']:.4f}"
         print(f"{name}: test llh {test}, valid llh {valid}, train llh {metrics['train_llh']:.4f} after "
-              f"{result.epochs} epochs ({result.stop_reason}), {result.seconds:.1f} s, {metrics['num_params']} "
+              f"{history.epochs} epochs ({history.stop_reason}), {history.seconds:.1f} s, {metrics['num_params']} "
               f"parameters; results in {out}")
     return 0
 
@@ -221,19 +222,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--weights", choices=("softmax", "log", "raw"), default="softmax",
                        help="sum-weight parametrisation (default: softmax, normalised)")
     model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    fit = parser.add_argument_group("training")
-    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    fit.add_argument("--lr", type=float, help="learning rate (default: adam 0.02, sgd 0.5, em step size 0.05)")
-    fit.add_argument("--batch-size", type=int, default=100)
-    fit.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
-    fit.add_argument("--time-budget", type=float, help="stop after the first epoch that ends past this many seconds")
-    fit.add_argument("--patience", type=int, default=10,
-                     help="stop after this many epochs without a better validation log-likelihood (default: 10)")
-    fit.add_argument("--lr-decay", type=float, default=0.5,
-                     help="multiply the learning rate by this after an epoch without validation improvement "
-                          "(default: 0.5; 1 keeps it fixed)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threads", type=int, help="torch threads (results are reproducible for a fixed count)")
+    training = parser.add_argument_group("training")
+    training.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    training.add_argument("--lr", type=float, help="learning rate (default: adam 0.02, sgd 0.5, em step size 0.05)")
+    training.add_argument("--batch-size", type=int, default=100)
+    training.add_argument("--epochs", type=int, default=200, help="most epochs (default: 200)")
+    training.add_argument("--time-budget", type=float,
+                          help="start no epoch after this many seconds (the last one may end past them)")
+    training.add_argument("--patience", type=int, default=10,
+                          help="stop after this many epochs without a better validation log-likelihood (default: 10)")
+    training.add_argument("--lr-decay", type=float, default=0.5,
+                          help="multiply the learning rate by this after an epoch without validation improvement "
+                               "(default: 0.5; 1 keeps it fixed)")
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--threads", type=int, help="torch threads (results are reproducible for a fixed count)")
     parser.add_argument("--out", default="results/train", help="output folder (default: results/train)")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--distributed", action="store_true",

@@ -10,14 +10,15 @@ node over ``K`` children) shares its factors the way :func:`overspn.overparametr
 ``prod(branching[:l+1])`` factors and entry ``k`` uses factor ``phi(branching, k, l)`` of it. Gradient descent on these
 factors is then exactly gradient descent on the overparametrized SPN, collapsed after every step.
 
-Raw SPN weights carry a floor (``overspn_floor``): every factor is clamped to ``factor_floor`` after each step, and the
-factor floor is chosen so that the product never falls below the weight's own floor.
+Raw SPN weights have a floor, handed over as ``floors=model.raw_weight_floors()``: every factor is clamped to
+``factor_floor`` after each step, and the factor floor is chosen so that the product never falls below the weight's
+own floor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,18 +63,28 @@ class Overparametrized(torch.optim.Optimizer):
       the factorisation :func:`overspn.overparametrize` uses (the top layer carries the totals of the entries below
       it, lower layers the ratios). A number ``c``: every factor above the bottom layer starts at ``c``. In all cases
       the bottom factor, which belongs to one entry alone, makes the product equal the current value.
-    * ``factor_floor``: lower bound of every factor after a step. Default: for raw SPN weights (which carry
-      ``overspn_floor``) the smallest value whose ``L``-th power reaches that floor; otherwise no bound. A value given
-      for raw weights must keep the product above their floor (``factor_floor ** L >= floor``).
+    * ``factor_floor``: lower bound of every factor after a step. Default: for a parameter with a floor (see
+      ``floors``) the smallest value whose ``L``-th power reaches that floor; otherwise no bound. A value given for
+      such a parameter must keep the product above its floor (``factor_floor ** L >= floor``).
     * ``maximize``: ascend instead of descend.
+
+    ``floors`` (for all groups): the floor of each raw weight parameter, as ``{parameter: floor}`` or pairs
+    ``(parameter, floor)`` such as ``model.raw_weight_floors()``; parameters not named have none.
     """
 
     def __init__(self, params: Iterable[Any], lr: float, depth: int | None = None,
                  branching: Sequence[int] | None = None, init: str | float = "balanced",
-                 factor_floor: float | None = None, maximize: bool = False) -> None:
+                 factor_floor: float | None = None, maximize: bool = False,
+                 floors: Mapping[torch.Tensor, float] | Iterable[tuple[torch.Tensor, float]] | None = None) -> None:
+        pairs = floors.items() if isinstance(floors, Mapping) else (floors or ())
+        self._floors = {id(parameter): float(floor) for parameter, floor in pairs}
         defaults = dict(lr=lr, depth=depth, branching=branching, init=init, factor_floor=factor_floor,
                         maximize=maximize)
         super().__init__(params, defaults)
+
+    def floor(self, parameter: torch.Tensor) -> float | None:
+        """The floor of ``parameter`` given in ``floors`` (None: it has none)."""
+        return getattr(self, "_floors", {}).get(id(parameter))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -110,7 +121,7 @@ class Overparametrized(torch.optim.Optimizer):
         if factor_floor is not None and not (math.isfinite(factor_floor) and factor_floor >= 0):
             raise ConfigurationError(f"factor_floor must be finite and >= 0, got {factor_floor!r}")
         for parameter in group["params"]:
-            floor = getattr(parameter, "overspn_floor", None)
+            floor = self.floor(parameter)
             if floor is not None and factor_floor is not None and factor_floor**depth < floor * (1 - 1e-12):
                 raise ConfigurationError(
                     f"factor_floor={factor_floor} lets a product of {depth} factors reach {factor_floor**depth}, "
@@ -204,7 +215,7 @@ class Overparametrized(torch.optim.Optimizer):
             suffix.append(suffix[-1] * factor)
         suffix.reverse()
         factor_floor = group["factor_floor"]
-        floor = getattr(parameter, "overspn_floor", None)
+        floor = self.floor(parameter)
         if factor_floor is None and floor is not None:
             factor_floor = default_factor_floor(floor, len(factors))
         # every factor's gradient is taken at the current point before any factor moves

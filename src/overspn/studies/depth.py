@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,7 +45,7 @@ from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_t
 from overspn.data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary, load_csv, load_sklearn
 from overspn.engine.compiled import CompiledSPN, compile
 from overspn.errors import ConfigurationError, DataError, DivergenceError
-from overspn.learn.learning import History, train
+from overspn.learn.fit import History, fit
 from overspn.symbolic.transforms import MIXTURE_LEAVES, mixture, overparametrize
 
 __all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", "load_study_data", "run_study",
@@ -215,26 +214,13 @@ def _check_settings(out: Path, study: Study) -> None:
         atomic_write_json(path, settings)
 
 
-def _save_checkpoint(path: Path, model: CompiledSPN, history: History, seconds: float) -> None:
-    buffer = io.BytesIO()
-    torch.save({"state": model.state_dict(), "history": history.to_dict(), "seconds": seconds}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # noqa: BLE001 - a checkpoint is written atomically; an unreadable one is simply not used
-        return None
-
-
 def _read_result(path: Path, dataset: str, depth: int, run: int, iterations: int) -> RunResult | None:
     try:
         value = json.loads(path.read_text())
         history = History.from_dict(value["history"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if history.iterations != iterations:
+    if history.epochs != iterations:
         return None
     return RunResult(dataset, depth, run, history, float(value["seconds"]))
 
@@ -268,6 +254,17 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
     return [results[unit] for unit in units]
 
 
+class _BarUpdates:
+    """Advances the study's progress bar by one per history entry (a resumed run catches up at its first entry)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.shown = bar, 0
+
+    def on_epoch(self, model: CompiledSPN, entry: dict[str, Any]) -> None:
+        self.bar.update(entry["epoch"] + 1 - self.shown)
+        self.shown = entry["epoch"] + 1
+
+
 def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, out: Path, bar: Any) -> RunResult:
     splits = [dataset.train] if dataset.test is None else [dataset.train, dataset.test]
     cardinality = max(2, max(int(np.nanmax(split)) for split in splits) + 1) if study.leaf == "categorical" else 2
@@ -278,26 +275,16 @@ def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, ou
         # never read; only this run's, as other processes may be running other runs into the same folder
         for leftover in folder.glob(f".{_run_name(name, depth, run)}.*.tmp*") if folder.is_dir() else ():
             leftover.unlink(missing_ok=True)
-    history, seconds = None, 0.0
-    checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["state"])
-        history, seconds = History.from_dict(checkpoint["history"]), float(checkpoint["seconds"])
-        bar.update(history.iterations)
     bar.set_postfix_str(f"{name} depth {depth} run {run}")
-    started = time.perf_counter()
-
-    def on_iteration(iteration: int, current: CompiledSPN, recorded: History) -> None:
-        bar.update(1)
-        if 0 < iteration < study.iterations and iteration % study.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_path, current, recorded, seconds + time.perf_counter() - started)
-
+    # the paper's update: full batch, plain gradient ascent (SGD on the negative objective), floor after each step
     try:
-        history = train(model, dataset.train, iterations=study.iterations, lr=study.lr, test_x=dataset.test,
-                        progress=False, callback=on_iteration, history=history)
+        history = fit(model, dataset.train, test=dataset.test, optimizer="sgd", lr=study.lr, epochs=study.iterations,
+                      checkpoint=checkpoint_path, checkpoint_every=study.checkpoint_every,
+                      fingerprint={**study.settings(), "dataset": name, "depth": depth, "run": run},
+                      callbacks=[_BarUpdates(bar)])
     except DivergenceError as error:
         raise DivergenceError(f"{name}, depth {depth}, run {run}: {error}", error.iteration, error.history) from None
-    seconds += time.perf_counter() - started
+    seconds = history.seconds
     atomic_write_json(out / "runs" / f"{_run_name(name, depth, run)}.json",
                       {"dataset": name, "depth": depth, "run": run, "seconds": seconds, "history": history.to_dict()})
     checkpoint_path.unlink(missing_ok=True)

@@ -44,6 +44,7 @@ import torch
 
 from overspn.engine.compiled import compile as compile_spn
 from overspn.errors import ConfigurationError, StructureError
+from overspn.learn.fit import fit
 from overspn.symbolic.structure import Leaf, Node, Product, Sum, describe, scopes, topological_order
 from overspn.symbolic.transforms import count_induced_trees
 
@@ -259,12 +260,34 @@ class Trace:
         return np.array([relative_residual(a, p) for a, p in zip(self.actual, predicted)])
 
 
+class _Recorder:
+    """Callback of :func:`overspn.fit` that records a :class:`Tracer`'s state at every iteration (0 included)."""
+
+    def __init__(self, tracer: Tracer, snapshot_at: Sequence[int]) -> None:
+        self.tracer, self.snapshot_at = tracer, set(snapshot_at)
+        self.snapshots: dict[int, dict] = {}
+        self.values: list[np.ndarray] = []
+        self.gradients: list[np.ndarray] = []
+        self.objective: list[float] = []
+        self.objective_shallow: list[float] = []
+
+    def on_epoch(self, model: torch.nn.Module, entry: dict) -> None:
+        t = entry["epoch"]
+        if t in self.snapshot_at:
+            self.snapshots[t] = self.tracer.snapshot()
+        values, gradient, shallow_value = self.tracer.state()
+        self.values.append(values)
+        self.gradients.append(gradient)
+        self.objective_shallow.append(shallow_value)
+        self.objective.append(entry["train_llh"])
+
+
 class Tracer:
     """Train a tree SPN (raw weights, float64) by gradient ascent on the mean log-likelihood and record its dynamics.
 
     ``root``: the deep SPN, e.g. ``overparametrize(mixture(...), branching, init=1e-4)`` or any tree SPN with a sum
     root. ``data``: the training rows. Every step is the paper's: all weights move by ``lr`` times their gradient and
-    are then clamped to ``floor``.
+    are then clamped to ``floor`` (:func:`overspn.fit`, full batch, plain SGD, every row counted).
     """
 
     def __init__(self, root: Node, data: np.ndarray, lr: float, floor: float = 1e-4, limit: int = 10_000) -> None:
@@ -274,7 +297,7 @@ class Tracer:
         self.lr, self.floor = lr, floor
         self.model = compile_spn(root, "raw", floor=floor, dtype=torch.float64)
         self.data = self.model.encode(data)
-        self.optimiser = torch.optim.SGD(self.model.parameters(), lr=lr, maximize=True)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
         self._shallow_data = None
 
     def _objective(self) -> torch.Tensor:
@@ -303,21 +326,11 @@ class Tracer:
         """Train ``iterations`` steps; returns the trace and model snapshots at the iterations asked for."""
         if iterations < 1:
             raise ConfigurationError(f"iterations must be >= 1, got {iterations}")
-        snapshots = {}
-        values, gradients, objective, objective_shallow = [], [], [], []
-        for t in range(iterations + 1):
-            if t in snapshot_at:
-                snapshots[t] = self.snapshot()
-            a, g, shallow_value = self.state()
-            values.append(a)
-            gradients.append(g)
-            objective_shallow.append(shallow_value)
-            value = self._objective()
-            objective.append(value.item())
-            if t < iterations:
-                self.optimiser.zero_grad()
-                value.backward()
-                self.optimiser.step()
+        recorder = _Recorder(self, snapshot_at)
+        fit(self.model, self.data, optimizer=self.optimizer, epochs=iterations, callbacks=[recorder],
+            deduplicate=False)
+        snapshots, values, gradients = recorder.snapshots, recorder.values, recorder.gradients
+        objective, objective_shallow = recorder.objective, recorder.objective_shallow
         values_ = np.array(values)
         expansions = [expand(self.factorisation, values_[t], gradients[t], self.lr) for t in range(iterations)]
         weights = np.array([component_weights(self.factorisation, a) for a in values_])
