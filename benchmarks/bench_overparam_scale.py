@@ -44,7 +44,6 @@ import math
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,9 @@ from provenance import source_revision
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
 from overspn.engine.rat import RatConfig, RatSPN
+from overspn.errors import DivergenceError
+from overspn.learn.fit import evaluate, fit
 from overspn.learn.optim import Overparametrized
-from overspn.learn.training import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("plain", "elementwise-2", "tree-2")
@@ -112,41 +112,36 @@ def collapse_error(model: RatSPN, optimizer: Overparametrized) -> float:
     return worst
 
 
+class _LastEpoch:
+    """Callback of :func:`overspn.fit`: the collapse error of the factors after the latest epoch."""
+
+    def __init__(self, optimizer: Overparametrized) -> None:
+        self.optimizer, self.collapse_error = optimizer, 0.0
+
+    def on_epoch(self, model: RatSPN, entry: dict[str, Any]) -> None:
+        self.collapse_error = collapse_error(model, self.optimizer)
+
+
 def run(name: str, data: Any, seed: int, arm: str, args: argparse.Namespace) -> dict[str, Any]:
     train = torch.from_numpy(data.train).float()
     model = build_model(train.shape[1], seed, data.train, args)
-    optimizer = Overparametrized(sum_weight_groups(model, arm, args.lr), lr=args.lr, maximize=False)
-    generator = torch.Generator().manual_seed(seed)
-    history = [{"epoch": 0, "seconds": 0.0, "valid": evaluate(model, data.valid)}]
-    best_valid, best_state = history[0]["valid"], {k: v.clone() for k, v in model.state_dict().items()}
-    seconds = 0.0
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator)
-        for begin in range(0, len(train), args.batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss = -model.log_likelihood(train[order[begin: begin + args.batch_size]]).mean()
-            loss.backward()
-            optimizer.step()
-        seconds += time.perf_counter() - start
-        valid = evaluate(model, data.valid)
-        if not math.isfinite(valid):
-            history.append({"epoch": epoch, "seconds": seconds, "valid": None})
-            break
-        history.append({"epoch": epoch, "seconds": seconds, "valid": valid})
-        if valid > best_valid:
-            best_valid, best_state = valid, {k: v.clone() for k, v in model.state_dict().items()}
-        if seconds > args.time_budget:
-            break
-    error = collapse_error(model, optimizer)
-    final_test = evaluate(model, data.test)
-    model.load_state_dict(best_state)
+    optimizer = Overparametrized(sum_weight_groups(model, arm, args.lr), lr=args.lr,
+                                 floors=model.raw_weight_floors())
+    last = _LastEpoch(optimizer)
+    try:
+        result = fit(model, train, data.valid, test=data.test, optimizer=optimizer, batch_size=args.batch_size,
+                     epochs=args.epochs, time_budget=args.time_budget, seed=seed, callbacks=[last])
+    except DivergenceError as error:  # the model holds the last finite parameters, the history the finite epochs
+        result = error.history
+    history = [{"epoch": e["epoch"], "seconds": e["seconds"], "valid": e["valid_llh"]} for e in result.entries]
+    model_parameters = sum(p.numel() for p in model.parameters())
     extra = sum(f.numel() for g in optimizer.param_groups for p in g["params"]
-                for f in optimizer.factors(p)) - sum(p.numel() for p in model.parameters())
-    return {"dataset": name, "seed": seed, "arm": arm, "history": history, "best_valid": best_valid,
-            "test_at_best_valid": evaluate(model, data.test), "final_test": final_test,
+                for f in optimizer.factors(p)) - model_parameters
+    return {"dataset": name, "seed": seed, "arm": arm, "history": history, "best_valid": result.best_valid_llh,
+            "test_at_best_valid": evaluate(model, data.test), "final_test": result.entries[-1]["test_llh"],
             "parameters": model.num_parameters(), "optimiser_extra_entries": extra,
-            "collapse_max_relative_error": error, "epochs_run": history[-1]["epoch"], "train_seconds": seconds}
+            "collapse_max_relative_error": last.collapse_error, "epochs_run": result.epochs,
+            "train_seconds": result.seconds}
 
 
 def first_reaching(history: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:

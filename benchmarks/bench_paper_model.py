@@ -112,13 +112,14 @@ def measure(train: np.ndarray, dtype: torch.dtype, repeats: int, warmup: int) ->
         torch.testing.assert_close(model.log_likelihood(encoded), expected, **tolerance)
 
     engine_sgd = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+    osp.keep_floor(engine_sgd, model)  # every step ends with model.project_(): raw weights back onto the floor
     fused_sgd = torch.optim.SGD(fused.parameters(), lr=LEARNING_RATE)
 
     def engine_step(data: object) -> None:
         engine_sgd.zero_grad(set_to_none=True)
         loss = -model.log_likelihood(data).mean()
         loss.backward()
-        engine_sgd.step()  # the optimiser post-step hook clamps raw weights to the floor
+        engine_sgd.step()
 
     def fused_step() -> None:
         fused_sgd.zero_grad(set_to_none=True)

@@ -18,7 +18,6 @@ import os
 import platform
 import resource
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 
 from overspn.atomic import atomic_write_json
 from overspn.engine.rat import RatConfig, RatSPN
+from overspn.learn.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_VARS, ROWS, DEPTH, REPETITIONS = 100, 2000, 3, 10
@@ -36,24 +36,16 @@ GENERIC_SIZES = (5, 10)
 
 def epoch_seconds(model: torch.nn.Module, data: torch.Tensor, batch_size: int,
                   repeats: int) -> tuple[list[float], list[float]]:
-    """Wall-clock and processor seconds of ``repeats`` epochs of Adam on ``data``, after one warm-up epoch.
+    """Wall-clock and processor seconds of ``repeats`` epochs of Adam on ``data`` (:func:`overspn.fit`), after one
+    warm-up epoch.
 
     Processor time is the fairer measure on a machine shared with other jobs; on an idle one the two agree.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    times, cpu_times = [], []
-    for repeat in range(repeats + 1):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            loss = -model.log_likelihood(data[order[start: start + batch_size]]).mean()
-            loss.backward()
-            optimizer.step()
-        if repeat > 0:
-            times.append(time.perf_counter() - started)
-            cpu_times.append(time.process_time() - cpu_started)
+    history = fit(model, data, optimizer=torch.optim.Adam(model.parameters(), lr=0.01), batch_size=batch_size,
+                  epochs=repeats + 1, seed=0)
+    entries = history.entries[1:]  # entry 0 evaluates the initial model; epoch 1 is the warm-up
+    times = [b["seconds"] - a["seconds"] for a, b in zip(entries, entries[1:])]
+    cpu_times = [b["cpu_seconds"] - a["cpu_seconds"] for a, b in zip(entries, entries[1:])]
     return times, cpu_times
 
 
