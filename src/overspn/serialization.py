@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,14 @@ from overspn.atomic import atomic_write_bytes
 from overspn.engine.base import MODEL_KINDS, SPNModule
 from overspn.engine.weights import WEIGHT_PARAMETRISATIONS
 from overspn.errors import ModelFileError, OverspnError
+from overspn.limits import (
+    check_arrays,
+    check_estimate,
+    describe_bytes,
+    json_limit_check,
+    layout_estimate,
+    load_limit,
+)
 from overspn.symbolic.structure import (
     Bernoulli,
     Categorical,
@@ -86,6 +93,8 @@ def structure_from_dict(description: dict[str, Any]) -> Node:
             raise
         except OverspnError as error:
             raise ModelFileError(f"node {number}: {error}") from error
+        except OverflowError as error:
+            raise ModelFileError(f"node {number} holds a number out of range ({error})") from error
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ModelFileError(f"node {number} is malformed ({type(error).__name__}: {error})") from error
     return built[-1]
@@ -119,11 +128,30 @@ def _node_from_entry(entry: Any, number: int, built: list[Node]) -> Node:
 
 
 def _numbers(value: Any, number: int, field: str) -> Any:
-    """``value`` when it is a number or a flat list of numbers (JSON booleans are not numbers)."""
+    """``value`` when it is a number or a flat list of numbers (JSON booleans are not numbers) that a float holds."""
     items = value if isinstance(value, list) else [value]
-    if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
-        raise ModelFileError(f"node {number}: {field} must be numbers, got {value!r}")
+    if not all(_is_number(item) for item in items):
+        raise ModelFileError(f"node {number}: {field} must be numbers, got {_shorten(value)}")
+    if not all(_float_range(item) for item in items):
+        raise ModelFileError(f"node {number}: {field} holds a number beyond the range of a float: {_shorten(value)}")
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float_range(value: int | float) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def save(model: SPNModule, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
@@ -162,32 +190,46 @@ def load(path: str | os.PathLike[str]) -> SPNModule:
     """Read a model written by :func:`save`. Never unpickles; raises ModelFileError for a bad file.
 
     Beyond the format and version, every field of the header is type-checked and the parameters must be floats of
-    the expected shapes that make a usable model (no NaN, no negative raw weight, a finite partition function), so a
-    damaged file cannot load into a model that silently returns NaN.
+    the expected shapes that make a usable model (no NaN, no negative raw weight, a finite partition function, a
+    Gaussian standard deviation that is neither 0 nor infinite), so a damaged file cannot load into a model that
+    silently returns NaN. Before anything is built, the memory the declared layout needs is estimated from the header
+    and the stored arrays' headers alone and compared with the limit of :mod:`overspn.limits`, so a small crafted
+    file cannot exhaust memory. Every other failure (out of memory, a number out of range, a structure too deep, a
+    path the operating system refuses) is reported as a ModelFileError naming the file as well.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+    load_limit(0)  # a malformed $OVERSPN_MEMORY_BUDGET is the caller's ConfigurationError, not the file's
     try:
-        with open(path, "rb") as stream:
-            magic = stream.read(4)
-    except OSError as error:
-        raise ModelFileError(f"{path}: cannot read the model file ({error})") from error
-    if not magic.startswith(b"PK"):
-        raise ModelFileError(f"{path}: not an overspn model file (it is not a zip archive)" if magic
-                             else f"{path}: the model file is empty")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return _load_archive(path, archive)
+        return _load(path)
     except ModelFileError:
         raise
     except OverspnError as error:
         raise ModelFileError(f"{path}: the stored model is invalid: {error}") from error
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, json.JSONDecodeError, UnicodeDecodeError, KeyError,
-            TypeError, ValueError, AttributeError, IndexError, OSError, EOFError, NotImplementedError,
-            RuntimeError) as error:
-        # zipfile, zlib, json and numpy raise all of these for damaged input
+    except MemoryError as error:
+        raise ModelFileError(f"{path}: loading the model needs more memory than is available; set "
+                             "OVERSPN_MEMORY_BUDGET to refuse such files before they are read") from error
+    except RecursionError as error:
+        raise ModelFileError(f"{path}: the model file is nested too deeply to be read ({error})") from error
+    except OverflowError as error:
+        raise ModelFileError(f"{path}: the model file holds a number out of range ({error})") from error
+    except OSError as error:
+        raise ModelFileError(f"{path}: cannot read the model file ({error.strerror or error})") from error
+    except Exception as error:  # zipfile, zlib, json and numpy raise many types for damaged input
         raise ModelFileError(f"{path}: corrupted or truncated model file ({type(error).__name__}: {error})") from error
+
+
+def _load(path: Path) -> SPNModule:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    with open(path, "rb") as stream:
+        magic = stream.read(4)
+        size = os.fstat(stream.fileno()).st_size
+    if not magic.startswith(b"PK"):
+        raise ModelFileError(f"{path}: not an overspn model file (it is not a zip archive)" if magic
+                             else f"{path}: the model file is empty")
+    limit = load_limit(size)
+    with zipfile.ZipFile(path) as archive:
+        return _load_archive(path, archive, limit)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -195,17 +237,25 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     parameters; the whole file is checked first, like :func:`load` does. Raises ModelFileError."""
     path = Path(path)
     model = load(path)  # the header is only trusted once the whole file has been checked
-    with zipfile.ZipFile(path) as archive:
-        header = json.loads(archive.read("model.json"))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            header = json.loads(archive.read("model.json"))
+    except Exception as error:  # the file changed since it was loaded
+        raise ModelFileError(f"{path}: the model file changed while it was read ({type(error).__name__}: "
+                             f"{error})") from error
     header["num_parameters"] = model.num_parameters()
     header.setdefault("metadata", {})
     return header
 
 
-def _load_archive(path: Path, archive: zipfile.ZipFile) -> SPNModule:
+def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) -> SPNModule:
     names = set(archive.namelist())
     if "model.json" not in names:
         raise ModelFileError(f"{path}: not an overspn model file (no model.json inside)")
+    try:
+        json_limit_check(archive.getinfo("model.json"), limit)
+    except ModelFileError as error:
+        raise ModelFileError(f"{path}: {error}") from error
     header = json.loads(archive.read("model.json"))
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
@@ -225,16 +275,33 @@ def _load_archive(path: Path, archive: zipfile.ZipFile) -> SPNModule:
         if field not in header:
             raise ModelFileError(f"{path}: the header has no field {field!r}")
         if not accepted(header[field]):
-            raise ModelFileError(f"{path}: header field {field!r} has an invalid value {header[field]!r}")
+            raise ModelFileError(f"{path}: header field {field!r} has an invalid value {_shorten(header[field])}")
+    dtype = _DTYPES[header["dtype"]]
     try:
-        model = MODEL_KINDS[kind].from_file_config(header, _DTYPES[header["dtype"]])
+        # budgets before allocation: the stored arrays' headers and the declared layout, read without building
+        arrays, stored_bytes = check_arrays(archive)
+        estimate = layout_estimate(kind, header, dtype.itemsize)
+        if estimate is not None:
+            check_estimate(estimate, stored_bytes, limit)
+            stored = sum(array.size for array in arrays.values())
+            # a small shortfall is reported precisely, parameter by parameter, once the (small) model is built
+            if estimate.parameters > 2 * stored + 4096:
+                raise ModelFileError(f"its layout declares at least {estimate.parameters} parameters, but the file "
+                                     f"stores {stored} values")
+        elif stored_bytes > limit[0]:
+            raise ModelFileError(f"its parameters take {describe_bytes(stored_bytes)}, more than the limit of "
+                                 f"{limit[1]}")
+        model = MODEL_KINDS[kind].from_file_config(header, dtype)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from error
     state = {}
     for key, expected in model.state_dict().items():
         entry = f"tensors/{key}.npy"
-        if entry not in names:
+        if entry not in names or key not in arrays:
             raise ModelFileError(f"{path}: parameter {key!r} is missing")
+        if arrays[key].shape != tuple(expected.shape):
+            raise ModelFileError(
+                f"{path}: parameter {key!r} has shape {arrays[key].shape}, expected {tuple(expected.shape)}")
         array = np.load(io.BytesIO(archive.read(entry)), allow_pickle=False)
         if array.dtype.kind != "f":
             raise ModelFileError(f"{path}: parameter {key!r} has dtype {array.dtype}, expected floating point")
@@ -271,7 +338,9 @@ _BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 def _parameter_problem(model: SPNModule) -> str | None:
     """What makes the parameters of ``model`` unusable, or None: NaN or +inf anywhere, -inf outside log-weights,
-    negative raw weights, or a partition function that is zero or not finite."""
+    negative raw weights, a Gaussian log standard deviation whose exponential is 0 or infinite in the model's dtype,
+    a partition function that is zero or not finite, or a log-likelihood of the all-missing row that is not finite
+    (it is 0 for every usable model)."""
     weights = {id(parameter) for parameter in model.sum_weight_parameters()}
     for name, parameter in model.named_parameters():
         values = parameter.detach()
@@ -282,11 +351,20 @@ def _parameter_problem(model: SPNModule) -> str | None:
                 return f"parameter {name!r} holds negative weights (raw weights must be >= 0)"
         elif bool((values == -math.inf).any()):
             return f"parameter {name!r} holds -inf values"
+        if name.rsplit(".", 1)[-1] == "log_std" and values.numel():
+            std = torch.exp(values)
+            if not bool(((std > 0) & torch.isfinite(std)).all()):
+                low, high = float(values.min()), float(values.max())
+                return (f"parameter {name!r} holds Gaussian log standard deviations from {low} to {high}, whose "
+                        f"standard deviation is 0 or infinite in {values.dtype}")
     with torch.no_grad():
         log_partition = float(model.log_partition())
-    if not math.isfinite(log_partition):
-        return (f"its log partition function is {log_partition} (a sum node whose weights are all zero, or "
-                "parameters that overflow)")
+        if not math.isfinite(log_partition):
+            return (f"its log partition function is {log_partition} (a sum node whose weights are all zero, or "
+                    "parameters that overflow)")
+        missing = float(model.log_likelihood(torch.full((1, model.num_vars), math.nan, dtype=model.dtype))[0])
+    if not math.isfinite(missing):
+        return f"the log-likelihood of a row of missing values is {missing}, not 0"
     return None
 
 
@@ -297,8 +375,7 @@ def _is_int(value: Any) -> bool:
 _HEADER_FIELDS: dict[str, Callable[[Any], bool]] = {"dtype": lambda value: value in _DTYPES}
 _COMPILED_FIELDS: dict[str, Callable[[Any], bool]] = {
     "weights": lambda value: value in WEIGHT_PARAMETRISATIONS,
-    "floor": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    and value >= 0,
+    "floor": lambda value: _is_number(value) and _float_range(value) and math.isfinite(value) and value >= 0,
     "num_vars": lambda value: _is_int(value) and value >= 1,
     "fast": lambda value: isinstance(value, bool),
     "structure": lambda value: isinstance(value, dict),
