@@ -267,3 +267,68 @@ def test_refusals_are_fast_and_small(tmp_path: Path) -> None:
         assert outcome == "ModelFileError", name
         assert seconds < 5, name
         assert grown < 200 * MiB, name
+
+
+# -- the command line: crafted files and resource errors exit 2 with one line, bugs exit 1 ---------------------------
+
+
+def _raiser(error: BaseException) -> Callable[[object], int]:
+    def handler(args: object) -> int:
+        raise error
+    return handler
+
+
+@pytest.fixture
+def raising_command(monkeypatch: pytest.MonkeyPatch) -> Callable[[BaseException], None]:
+    import types
+
+    from overspn.cli import main as cli
+
+    def install(error: BaseException) -> None:
+        module = types.ModuleType("overspn.cli.crash")
+
+        def register(subparsers: object) -> None:
+            subparsers.add_parser("crash").set_defaults(handler=_raiser(error))  # type: ignore[attr-defined]
+        module.register = register  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "overspn.cli.crash", module)
+        monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "crash"))
+    monkeypatch.delenv("OVERSPN_TRACEBACK", raising=False)
+    return install
+
+
+@pytest.mark.parametrize("error, status, words", [
+    (MemoryError(), 2, ("needs more memory than is available", "crash command")),
+    (OverflowError("int too large to convert to float"), 2, ("number out of range", "int too large")),
+    (RecursionError("maximum recursion depth exceeded"), 2, ("nested too deeply",)),
+    (KeyError("bug"), 1, ("internal error", "KeyError")),
+], ids=["memory", "overflow", "recursion", "bug"])
+def test_cli_exit_statuses(error: BaseException, status: int, words: tuple[str, ...],
+                           raising_command: Callable[[BaseException], None],
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    from overspn.cli import main as cli
+
+    raising_command(error)
+    assert cli.main(["crash"]) == status
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("overspn crash: ")
+    for word in words:
+        assert word in err, f"{word!r} not in {err!r}"
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case[0] in (
+    "ten million variables", "huge floor", "compiled Gaussian log_std -1000", ".npy declaring 1e12 values")],
+    ids=lambda case: case[0])
+def test_cli_refuses_crafted_files_with_status_2(case: tuple, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from overspn.cli import main as cli
+
+    name, factory, header, tensors, words = case
+    path = crafted(tmp_path, factory(), "crafted", header, tensors)
+    assert cli.main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("overspn info: error: ") and str(path) in err
+    long_path = tmp_path / ("y" * 5000 + ".ospn")
+    assert cli.main(["info", str(long_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "yyyy" in err

@@ -3,8 +3,9 @@
 Each subcommand lives in its own module under :mod:`overspn.cli` and exposes ``register(subparsers)``, which
 adds its parser and sets ``handler`` to a function taking the parsed arguments and returning an exit status.
 Expected failures print one line, ``overspn COMMAND: error: WHAT``, and exit non-zero without a traceback: a bad
-option (status 2, from argparse), any :class:`OverspnError` or file-system error (2), a divergence (3), an interrupt
-(130). Any other exception is a bug, or bad input no check caught: it prints one ``internal error`` line and exits
+option (status 2, from argparse), any :class:`OverspnError` or file-system error (2), a request that needs more
+memory than is available (2), a number out of range or input nested too deeply (OverflowError, RecursionError: 2), a
+divergence (3), an interrupt (130). Any other exception is a bug: it prints one ``internal error`` line and exits
 with status 1 (the traceback with ``OVERSPN_TRACEBACK=1``). Option values are checked by the
 types of :mod:`overspn.cli.argtypes`.
 """
@@ -65,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except (OverspnError, OSError) as error:
         print(f"overspn {args.command}: error: {_one_line(_describe(error))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"overspn {args.command}: error: the request needs more memory than is available (the {args.command} "
+              "command ran out of memory); use smaller inputs or settings, or lower OVERSPN_MEMORY_BUDGET so that "
+              "such requests are refused up front", file=sys.stderr)
+        return 2
+    except (OverflowError, RecursionError) as error:
+        reason = "a number out of range" if isinstance(error, OverflowError) else "input nested too deeply"
+        print(f"overspn {args.command}: error: {reason} ({type(error).__name__}: {_one_line(str(error))})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"overspn {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
