@@ -13,16 +13,19 @@ Gaussian leaves and records which variables are continuous.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import tempfile
+import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import overspn as osp
@@ -431,6 +434,98 @@ def test_damaged_structure_descriptions_are_rejected(spn: Spn, data: st.DataObje
     except OverspnError as error:
         assert isinstance(error, (ModelFileError, StructureError)), type(error)
         assert "\n" not in str(error)
+
+
+def _model_of_kind(kind: str, spn: Spn, seed: int) -> osp.SPNModule:
+    rng = np.random.default_rng(seed)
+    if kind == "compiled":
+        return osp.compile(spn.root, ["raw", "log", "softmax"][seed % 3], dtype=torch.float64, num_vars=spn.num_vars)
+    if kind == "rat":
+        leaf = ["bernoulli", "categorical", "gaussian"][seed % 3]
+        return osp.RatSPN(osp.RatConfig(num_vars=4, depth=int(rng.integers(1, 3)), num_repetitions=2, num_sums=2,
+                                        num_input=2, leaf=leaf, cardinality=3, seed=seed % 1000),
+                          ["raw", "log", "softmax"][seed % 3], dtype=torch.float64)
+    return osp.HCLT(osp.HCLTConfig(num_vars=4, latent=2, seed=seed % 1000), dtype=torch.float64)
+
+
+def _json_leaves(value: object, path: tuple = ()) -> list[tuple]:
+    if isinstance(value, dict):
+        return [leaf for key in value for leaf in _json_leaves(value[key], (*path, key))]
+    if isinstance(value, list):
+        return [leaf for i, item in enumerate(value) for leaf in _json_leaves(item, (*path, i))]
+    return [path]
+
+
+HOSTILE_VALUES = st.sampled_from([10**12, 10**30, 10**400, -1, -(10**9), 0, 2**63, 1e308, -1e308, 5e-324,
+                                  float("nan"), float("inf"), "NaN", "1e999", "", None, True, [], {}])
+MUTATIONS = ("json value", "json bytes", "truncate entry", "npy large shape", "npy header bytes")
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["compiled", "rat", "hclt"]), spn=spns(max_vars=3), seed=st.integers(0, 2**31),
+       mutation=st.sampled_from(MUTATIONS), data=st.data())
+def test_mutated_model_files_load_intact_or_are_refused_quickly(kind: str, spn: Spn, seed: int, mutation: str,
+                                                                 data: st.DataObject) -> None:
+    """Any mutation of a valid file of any kind gives a ModelFileError naming the file, or a model that evaluates
+    without NaN; a mutation that leaves the layout's meaning alone (the .npy entries' framing) loads only intact.
+    Each load takes well under the bound, whatever the file declares."""
+    model = _model_of_kind(kind, spn, seed)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.ospn"
+        osp.save(model, path)
+        with zipfile.ZipFile(path) as archive:
+            entries = {name: archive.read(name) for name in archive.namelist()}
+        tensors = sorted(name for name in entries if name.endswith(".npy"))
+        if mutation == "json value":
+            header = json.loads(entries["model.json"])
+            leaves = _json_leaves(header)
+            target = data.draw(st.sampled_from(leaves))
+            holder = header
+            for key in target[:-1]:
+                holder = holder[key]
+            holder[target[-1]] = data.draw(HOSTILE_VALUES)
+            entries["model.json"] = json.dumps(header).encode()
+        elif mutation == "json bytes":
+            text = bytearray(entries["model.json"])
+            for _ in range(data.draw(st.integers(1, 4))):
+                text[data.draw(st.integers(0, len(text) - 1))] = data.draw(st.sampled_from(b'0123456789-.e"[]{},:9'))
+            entries["model.json"] = bytes(text)
+        elif mutation == "truncate entry":
+            name = data.draw(st.sampled_from(sorted(entries)))
+            entries[name] = entries[name][: data.draw(st.integers(0, max(len(entries[name]) - 1, 0)))]
+        elif mutation == "npy large shape" and tensors:
+            name = data.draw(st.sampled_from(tensors))
+            shape = tuple(data.draw(st.lists(st.sampled_from([0, 1, 7, 10**6, 10**12, 2**62]), min_size=1,
+                                             max_size=3)))
+            out = io.BytesIO()
+            np.lib.format.write_array_header_1_0(out, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            original = np.load(io.BytesIO(entries[name]))
+            entries[name] = out.getvalue() + (original.tobytes() if data.draw(st.booleans()) else b"")
+        elif tensors:
+            name = data.draw(st.sampled_from(tensors))
+            content = bytearray(entries[name])
+            header_end = content.index(b"\n") + 1
+            content[data.draw(st.integers(0, header_end - 1))] = data.draw(st.integers(0, 255))
+            entries[name] = bytes(content)
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, content in entries.items():
+                archive.writestr(name, content)
+        start = time.perf_counter()
+        try:
+            loaded = osp.load(path)
+        except ModelFileError as error:
+            assert str(path) in str(error) and "\n" not in str(error)
+            assert time.perf_counter() - start < 5
+            return
+        assert time.perf_counter() - start < 5
+    x = np.full((3, loaded.num_vars), math.nan)
+    with torch.no_grad():
+        values = loaded.log_likelihood(x)
+        assert torch.isfinite(values).all()
+        if mutation in ("npy large shape", "npy header bytes") and loaded.num_vars == model.num_vars:
+            # the .npy framing carries no meaning: what loads is the original
+            for key, value in model.state_dict().items():
+                assert torch.equal(loaded.state_dict()[key], value), key
 
 
 # ----------------------------------------------------------------------------------------------------------------
