@@ -182,3 +182,27 @@ def test_numpy_input_still_checked_and_equal() -> None:
     bad[1, 1] = 0.5
     with pytest.raises(DataError, match="row 1, column 1"):
         model.log_likelihood(bad)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_flat_node_values_agree_with_per_layer_outputs(seed: int) -> None:
+    # without autograd, layers read one node-major tensor of node values; the values agree to rounding (the order in
+    # which a node's children are added may differ from the per-layer path's)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from strategies import random_structure
+
+    rng = np.random.default_rng(seed)
+    structure = random_structure(rng, max_vars=6, max_depth=4)
+    model = osp.compile(structure.root, "raw", dtype=torch.float64, fast=bool(seed % 2))
+    x = torch.from_numpy(np.stack([rng.integers(0, c, 30) for c in model.var_cardinality.tolist()], 1)
+                         .astype(np.float64))
+    x[torch.from_numpy(rng.random(x.shape) < 0.2)] = math.nan
+    with torch.no_grad():
+        flat = model.log_likelihood(x)
+        model.flat_outputs = False
+        listed = model.log_likelihood(x)
+    torch.testing.assert_close(flat, listed, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(flat, model.log_likelihood(x).detach(), rtol=1e-13, atol=1e-13)

@@ -54,9 +54,20 @@ class _NodeRecord:
 
 
 class CompiledSPN(SPNModule):
-    """A structure compiled into a layered tensor program. Create it with :func:`compile_structure`."""
+    """A structure compiled into a layered tensor program. Create it with :func:`compile_structure`.
+
+    Without autograd (``torch.no_grad()``, ``torch.inference_mode()``; exact sums) every layer writes its output into
+    its own block of rows of one preallocated node-major ``(total nodes, N)`` tensor and gathers its children from
+    that tensor with one precomputed row index (contiguous row copies), so a layer costs its own gather and
+    reduction, whatever the number of layers it reads from. ``flat_outputs = False`` restores the list of per-layer
+    ``(N, width)`` outputs, whose sources each layer concatenates; autograd always uses that path. The two agree to
+    rounding, not bit for bit: a node's children are reduced in the other memory layout, which may add them in
+    another order (differences of a few ulps, e.g. <= 1e-15 absolute in float64 on log-values of order 10).
+    """
 
     kind = "compiled"
+    #: evaluate through one flat tensor of node values when autograd is off (see the class docstring)
+    flat_outputs: bool = True
 
     def __init__(self, root: Node, weights: str = "raw", floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32, num_vars: int | None = None, fast: bool = True):
@@ -157,6 +168,12 @@ class CompiledSPN(SPNModule):
             for col, node in enumerate(nodes):
                 position[node] = (output, col)
         self._root_position = position[order[-1]]
+        # the flat layout: output k in columns offsets[k] .. offsets[k] + widths[k] of one (N, total) tensor
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64).tolist()
+        self._flat_offsets, self._flat_widths, self._flat_total = offsets[:-1], list(widths), offsets[-1]
+        for module in self.modules():
+            if isinstance(module, Gather):
+                module.set_flat_layout(self._flat_offsets, self._flat_widths)
         # whether the fast path needs the per-sample discrete input values besides the tabular products
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
             0 in layer.children_.sources for layer in self.layers)
@@ -236,14 +253,29 @@ class CompiledSPN(SPNModule):
             # fresh leaves of the autograd graph, so that backtracking works whether or not inputs have parameters
             outputs = [tensor.detach().requires_grad_() for tensor in outputs]
             inputs_out.extend(outputs)
+        flat = None
+        if (self.flat_outputs and mode == "sum" and inputs_out is None and not torch.is_grad_enabled()
+                and len(self.layers)):
+            # one node-major (total, N) tensor of node values; every output is written into its block of rows
+            flat = outputs[0].new_empty((self._flat_total, rows))
+            for index in range(len(outputs)):
+                self._write_flat(flat, index, outputs[index])
         if self.tabular is not None:
             if generic:
-                outputs.append(self.tabular.generic(outputs))
+                tabular = self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
             else:
                 onehot, compact = data.onehot, data.compact if use_compact else None
                 if onehot is None:
                     onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(rows, -1)
-                outputs.append(self.tabular(onehot, table, compact, data.with_partition))
+                tabular = self.tabular(onehot, table, compact, data.with_partition)
+            outputs.append(tabular)
+            if flat is not None:
+                self._write_flat(flat, len(outputs) - 1, tabular)
+        if flat is not None:
+            for index, layer in enumerate(self.layers, start=self._first_inner_output):
+                self._write_flat(flat, index, layer(flat), node_major=True)
+            layer_index, column = self._root_position
+            return flat[self._flat_offsets[layer_index] + column].clone()
         for layer in self.layers:
             if isinstance(layer, SumLayer):
                 outputs.append(layer(outputs, mode, generator))
@@ -251,6 +283,13 @@ class CompiledSPN(SPNModule):
                 outputs.append(layer(outputs))
         layer_index, column = self._root_position
         return outputs[layer_index][:, column]
+
+    def _write_flat(self, flat: torch.Tensor, index: int, output: torch.Tensor, node_major: bool = False) -> None:
+        """Write an ``(N, width)`` output (``(width, N)`` when ``node_major``) into its block of ``flat``."""
+        width = output.shape[0] if node_major else output.shape[1]
+        if width:  # (an input the fast path does not read directly is left empty)
+            start = self._flat_offsets[index]
+            flat[start: start + width] = output if node_major else output.T
 
     @torch.no_grad()
     def to_structure(self) -> Node:

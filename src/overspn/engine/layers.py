@@ -24,7 +24,16 @@ __all__ = ["Gather", "ProductLayer", "SumLayer", "TabularProductLayer"]
 
 
 class Gather(nn.Module):
-    """Children of a layer, as a padded ``(nodes, arity)`` index into the concatenation of its source layers."""
+    """Children of a layer, as a padded ``(nodes, arity)`` index into the concatenation of its source layers.
+
+    The outputs of earlier layers come either as a list (one tensor per layer; the sources are concatenated) or as
+    one flat ``(N, total)`` tensor holding every layer's output in its own block of columns (the index is then into
+    that tensor: :meth:`set_flat_layout` must have been called).
+    """
+
+    index: torch.Tensor
+    pad_mask: torch.Tensor
+    flat_index: torch.Tensor
 
     def __init__(self, sources: list[int], index: np.ndarray, pad_mask: np.ndarray, source_width: int):
         super().__init__()
@@ -37,8 +46,23 @@ class Gather(nn.Module):
         )
         self.register_buffer("index", torch.from_numpy(index.reshape(-1)), persistent=False)
         self.register_buffer("pad_mask", torch.from_numpy(pad_mask), persistent=False)
+        self.register_buffer("flat_index", None, persistent=False)
+        self.flat_start = 0
 
-    def gather(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def set_flat_layout(self, offsets: list[int], widths: list[int]) -> None:
+        """Index the flat tensor in which output ``k`` occupies rows ``offsets[k] .. offsets[k] + widths[k]``."""
+        local = self.index.cpu().numpy()
+        starts = np.cumsum([0] + [widths[s] for s in self.sources])
+        source = np.searchsorted(starts, local, side="right") - 1
+        shift = np.array([offsets[s] for s in self.sources], dtype=np.int64) - starts[:-1]
+        self.flat_index = torch.from_numpy((local + shift[source]).astype(np.int64)).to(self.index.device)
+        self.flat_start = offsets[self.sources[0]]
+
+    def gather(self, outputs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):  # node-major (total, N): returns (nodes, arity, N)
+            if self.identity:
+                return outputs[self.flat_start: self.flat_start + self.index.numel()].unsqueeze(0)
+            return outputs.index_select(0, self.flat_index).view(-1, self.arity, outputs.shape[1])
         if len(self.sources) == 1:
             source = outputs[self.sources[0]]
         else:
@@ -55,8 +79,12 @@ class ProductLayer(nn.Module):
         super().__init__()
         self.children_ = children
 
-    def forward(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, outputs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         gathered = self.children_.gather(outputs)
+        if isinstance(outputs, torch.Tensor):  # node-major: (P, A, N) -> (P, N)
+            if self.children_.has_padding:
+                gathered = gathered.masked_fill(self.children_.pad_mask.unsqueeze(2), 0.0)
+            return gathered.sum(dim=1)
         if self.children_.has_padding:
             gathered = gathered.masked_fill(self.children_.pad_mask, 0.0)
         return gathered.sum(dim=2)
@@ -70,7 +98,10 @@ class SumLayer(nn.Module):
         self.children_ = children
         self.weights = weights
 
-    def forward(self, outputs: list[torch.Tensor], mode: str = "sum", generator: Any = None) -> torch.Tensor:
+    def forward(self, outputs: list[torch.Tensor] | torch.Tensor, mode: str = "sum",
+                generator: Any = None) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):  # node-major: (S, A, N) -> (S, N), exact sums only
+            return torch.logsumexp(self.children_.gather(outputs) + self.weights.log_weights().unsqueeze(2), dim=1)
         scores = self.children_.gather(outputs) + self.weights.log_weights()
         if mode == "sum":
             return logsumexp(scores, dim=2)
