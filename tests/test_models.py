@@ -18,10 +18,14 @@ import overspn as osp
 
 LEAVES = ("bernoulli", "categorical", "gaussian")
 PARAMETRISATIONS = ("raw", "log", "softmax")
-KINDS = ("compiled", "rat")
+KINDS = ("compiled", "rat", "hclt")
 
 
 def make_model(kind: str, leaf: str, weights: str) -> osp.SPNModule:
+    if kind == "hclt":
+        hclt = osp.HCLTConfig(num_vars=6, latent=3, cardinality=2 if leaf == "bernoulli" else 3, leaf=leaf,
+                              parents=(-1, 0, 0, 1, 1, 3), seed=1)
+        return osp.HCLT(hclt, weights, dtype=torch.float64)
     config = osp.RatConfig(num_vars=6, depth=2, num_repetitions=2, num_sums=3, num_input=2, leaf=leaf,
                            cardinality=3, seed=1)
     if kind == "rat":
@@ -40,7 +44,9 @@ def make_data(leaf: str, rows: int = 12, seed: int = 0) -> np.ndarray:
     return data
 
 
-GRID = [(kind, leaf, weights) for kind in KINDS for leaf in LEAVES for weights in PARAMETRISATIONS]
+# HCLT leaves are discrete (each variable's categorical given its latent state)
+GRID = [(kind, leaf, weights) for kind in KINDS for leaf in LEAVES for weights in PARAMETRISATIONS
+        if not (kind == "hclt" and leaf == "gaussian")]
 
 
 @pytest.mark.parametrize(("kind", "leaf", "weights"), GRID)
@@ -113,3 +119,19 @@ def test_data_follows_the_model_dtype_and_device() -> None:
     model = make_model("rat", "bernoulli", "softmax").to(torch.float32)
     values = model.log_likelihood(torch.zeros(3, 6, dtype=torch.float64))
     assert values.dtype == torch.float32 and values.device == model.device
+
+
+@pytest.mark.parametrize(("kind", "leaf", "weights"), GRID)
+def test_every_model_trains_with_fit(kind: str, leaf: str, weights: str) -> None:
+    model = make_model(kind, leaf, weights)
+    train, valid = make_data(leaf, rows=60, seed=1), make_data(leaf, rows=20, seed=2)
+    history = osp.fit(model, train, valid, optimizer="adam", lr=0.05, epochs=5, batch_size=20, seed=0)
+    assert len(history.entries) == 6 and history.entries[0]["epoch"] == 0
+    assert history.best_valid_llh is not None
+    # the model holds the best parameters, and they are better on the training data than the initial ones
+    with torch.no_grad():
+        assert float(model.log_likelihood(train).mean()) > history.entries[0]["train_llh"]
+    assert all(bool((p >= model.floor).all()) for p, _ in model.raw_weight_floors())
+    if model.supports_em and weights == "softmax":
+        em = osp.fit(make_model(kind, leaf, weights), train, optimizer="em", lr=0.5, epochs=3, batch_size=30)
+        assert em.entries[-1]["train_llh"] > em.entries[0]["train_llh"]
