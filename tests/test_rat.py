@@ -161,3 +161,21 @@ def test_saved_model_reloads_with_the_same_likelihoods(tmp_path) -> None:
     x = _random_data("categorical", 4, 25, 9, seed=2, missing=0.25)
     with torch.no_grad():
         torch.testing.assert_close(osp.load(path).log_likelihood(x), model.log_likelihood(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical", "gaussian"])
+def test_initialisation_from_data_in_groups_equals_one_pass(leaf: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processing the inputs in small groups (bounded memory) gives exactly the statistics of one pass."""
+    import overspn.engine.rat as rat_module
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(300, 8)) if leaf == "gaussian" else rng.integers(0, 3 if leaf == "categorical" else 2,
+                                                                             (300, 8)).astype(float)
+    data[rng.random(data.shape) < 0.1] = np.nan
+    config = RatConfig(num_vars=8, depth=2, num_repetitions=3, num_sums=2, num_input=4, leaf=leaf, cardinality=3)
+    one_pass, grouped = RatSPN(config, dtype=torch.float64), RatSPN(config, dtype=torch.float64)
+    one_pass.initialise_from_data(data, seed=5)
+    monkeypatch.setattr(rat_module, "INIT_MEMORY", 1)  # one input per group
+    grouped.initialise_from_data(data, seed=5)
+    for key, value in one_pass.state_dict().items():
+        assert torch.equal(value, grouped.state_dict()[key]), key

@@ -36,6 +36,9 @@ from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, N
 __all__ = ["LEAF_KINDS", "RatConfig", "RatSPN", "rat_spn"]
 
 LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
+#: initialisation from data: the most rows each input's statistics are computed from, and the working memory
+INIT_ROWS = 2_000
+INIT_MEMORY = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -270,35 +273,51 @@ class RatSPN(SPNModule):
 
     @torch.no_grad()
     def initialise_from_data(self, data: np.ndarray, seed: int = 0, pseudo_count: float = 1.0) -> None:
-        """Start each input near the data: its statistics on a random tenth of the rows (different per input).
+        """Start each input near the data: its statistics on a random subset of the rows (different per input).
 
         Breaks the symmetry between inputs like random initialisation does, while starting close to the marginals.
+        Each input sees a tenth of the rows, at most :data:`INIT_ROWS`; the inputs are processed in groups so that
+        the working memory stays near :data:`INIT_MEMORY` bytes whatever the size of the data.
         """
         values = self.check_data(data).double()
         rng = np.random.default_rng(seed)
         num_vars, reps, num_in = self.num_vars, self.config.num_repetitions, self.config.num_input
-        subset = max(1, len(values) // 10)
+        subset = max(1, min(len(values) // 10, INIT_ROWS))
         rows = torch.from_numpy(rng.integers(0, len(values), size=(reps * num_in, subset)))
-        sample = values[rows]  # (R*I, subset, D)
-        observed = ~torch.isnan(sample)
-        filled = torch.where(observed, sample, torch.zeros_like(sample))
-        count = observed.sum(dim=1).double()  # (R*I, D)
+        per_input = subset * num_vars * 8 * (self.config.cardinality if self.config.leaf == "categorical" else 3)
+        group = max(1, INIT_MEMORY // per_input)
+        statistics = [self._input_statistics(values[rows[start:start + group]], pseudo_count)
+                      for start in range(0, reps * num_in, group)]
+        # each statistic is (R*I, D, ...); inputs are ordered repetition-major, like the parameters' (R, I) axes
+        merged = [torch.cat(parts) for parts in zip(*statistics)]
         if self.config.leaf == "bernoulli":
-            p = (filled.sum(dim=1) + pseudo_count) / (count + 2 * pseudo_count)
-            logit = torch.log(p / (1 - p)).T.reshape(num_vars, reps, num_in)
-            self.logit.copy_(logit.to(self.dtype))
+            self.logit.copy_(merged[0].T.reshape(num_vars, reps, num_in).to(self.dtype))
         elif self.config.leaf == "categorical":
-            card = self.config.cardinality
-            onehot = F.one_hot(filled.long(), card).double() * observed.unsqueeze(-1)
-            probs = (onehot.sum(dim=1) + pseudo_count) / (count.unsqueeze(-1) + card * pseudo_count)
-            self.logits.copy_(torch.log(probs).permute(1, 0, 2).reshape(num_vars, reps, num_in, card).to(self.dtype))
+            probs = merged[0].permute(1, 0, 2).reshape(num_vars, reps, num_in, self.config.cardinality)
+            self.logits.copy_(torch.log(probs).to(self.dtype))
         else:
-            mean = filled.sum(dim=1) / count.clamp_min(1)
-            centred = torch.where(observed, sample - mean.unsqueeze(1), torch.zeros_like(sample))
-            var = (centred ** 2).sum(dim=1) / count.clamp_min(1)
+            mean, var = merged
             std = torch.sqrt(var + 0.1 * var.mean(dim=0, keepdim=True) + 1e-6)
             self.mean.copy_(mean.T.reshape(num_vars, reps, num_in).to(self.dtype))
             self.log_std.copy_(torch.log(std).T.reshape(num_vars, reps, num_in).to(self.dtype))
+
+    def _input_statistics(self, sample: torch.Tensor, pseudo_count: float) -> tuple[torch.Tensor, ...]:
+        """Smoothed statistics of the rows ``sample`` ``(inputs, rows, D)`` drawn for a group of inputs: the logit
+        (Bernoulli), the state probabilities (categorical), or the mean and variance (Gaussian), each ``(inputs, D,
+        ...)``."""
+        observed = ~torch.isnan(sample)
+        filled = torch.where(observed, sample, torch.zeros_like(sample))
+        count = observed.sum(dim=1).double()
+        if self.config.leaf == "bernoulli":
+            p = (filled.sum(dim=1) + pseudo_count) / (count + 2 * pseudo_count)
+            return (torch.log(p / (1 - p)),)
+        if self.config.leaf == "categorical":
+            card = self.config.cardinality
+            onehot = F.one_hot(filled.long(), card).double() * observed.unsqueeze(-1)
+            return ((onehot.sum(dim=1) + pseudo_count) / (count.unsqueeze(-1) + card * pseudo_count),)
+        mean = filled.sum(dim=1) / count.clamp_min(1)
+        centred = torch.where(observed, sample - mean.unsqueeze(1), torch.zeros_like(sample))
+        return mean, (centred ** 2).sum(dim=1) / count.clamp_min(1)
 
     # -- back to symbols ----------------------------------------------------------------------------------------
 
