@@ -10,16 +10,18 @@ replaces the file atomically, so a run killed at any moment leaves the previous 
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from overspn.atomic import atomic_write_bytes
 from overspn.errors import ConfigurationError, ModelFileError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "write_checkpoint", "read_checkpoint", "plain"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "write_checkpoint", "read_checkpoint", "plain", "content_digest"]
 
 CHECKPOINT_FORMAT = "overspn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -33,6 +35,17 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(item) for item in value]
     return value
+
+
+def content_digest(array: Any) -> str | None:
+    """SHA-256 of an array's values, shape and dtype (None for None): what a fingerprint records of a data set, so
+    that a run is never resumed on other data that merely has the same name and size."""
+    if array is None:
+        return None
+    values = np.ascontiguousarray(array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array)
+    digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    digest.update(memoryview(values).cast("B"))
+    return digest.hexdigest()
 
 
 def write_checkpoint(path: str | Path, fingerprint: dict[str, Any], state: dict[str, Any]) -> None:

@@ -385,9 +385,11 @@ class _Run:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(saved["optimizer"])
             self.history = History.from_dict(saved["history"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            self.best_state, self.bad_epochs, self.em_rate = saved["best_state"], saved["bad_epochs"], saved["em_rate"]
+            if not isinstance(self.best_state, dict) or self.best_state.keys() != self.model.state_dict().keys():
+                raise ValueError("its best parameters do not match the model's")
+            self.offset = (float(self.history.seconds), float(self.history.cpu_seconds))
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
             raise ModelFileError(f"{path}: the checkpoint does not fit this model or optimizer ({error}); run again "
                                  "with --restart, or delete it, to start afresh") from error
-        self.best_state, self.bad_epochs, self.em_rate = saved["best_state"], saved["bad_epochs"], saved["em_rate"]
-        self.offset = (self.history.seconds, self.history.cpu_seconds)
         return True
