@@ -36,6 +36,7 @@ __all__ = ["HCLTConfig", "HCLT"]
 
 HCLT_LEAVES = ("bernoulli", "categorical")
 _INIT_ROWS = 4096  # rows sampled to initialise the leaves from data
+_EM_CHUNK = 1 << 23  # values (node, row, state) per chunk of an EM step: float32 tensors of 32 MiB
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -216,17 +217,18 @@ class HCLT(SPNModule):
         num, latent = self.num_vars, self.config.latent
         flat = torch.cat([table, table.new_zeros(num, 1, latent)], dim=1).reshape(-1, latent)
         codes = codes.T[self.order_index].clamp(max=self.config.cardinality) + self.table_offset[:, None]
-        leaves = F.embedding(codes, flat)  # (D, N, K), breadth-first
+        sizes = np.diff(self.starts).tolist()
+        # one tensor per depth: the backward pass of a slice would write a whole (D, N, K) of zeros per depth
+        leaves = torch.split(F.embedding(codes, flat), sizes)  # (D, N, K), breadth-first
         edge_shift, edge_scaled = edge
-        starts = self.starts
-        values = leaves[starts[-2]:]  # the deepest nodes have no children
-        for level in range(len(starts) - 2, 0, -1):
-            begin, end = starts[level], starts[level + 1]
+        shifts, scaled = torch.split(edge_shift, sizes[1:]), torch.split(edge_scaled, sizes[1:])
+        values = leaves[-1]  # the deepest nodes have no children
+        for level in range(len(sizes) - 1, 0, -1):
             shift = finite_max(values)  # (n, N, 1)
-            mixed = torch.bmm(torch.exp(values - shift), edge_scaled[begin - 1:end - 1].transpose(1, 2))
-            messages = torch.log(mixed) + shift + edge_shift[begin - 1:end - 1].transpose(1, 2)
-            parents = leaves[starts[level - 1]:begin]
-            values = parents.index_add(0, self.parent_local[begin:end], messages)
+            mixed = torch.bmm(torch.exp(values - shift), scaled[level - 1].transpose(1, 2))
+            messages = torch.log(mixed) + shift + shifts[level - 1].transpose(1, 2)
+            local = self.parent_local[self.starts[level]:self.starts[level + 1]]
+            values = leaves[level - 1].index_add(0, local, messages)
         shift = finite_max(values[0])  # (N, 1)
         root_shift, root_scaled = root
         return torch.log(torch.exp(values[0] - shift) @ root_scaled) + shift.squeeze(1) + root_shift
@@ -252,13 +254,20 @@ class HCLT(SPNModule):
             root = torch.softmax(self.root_weights, dim=0)
         for tensor in (table, edge, root):
             tensor.requires_grad_()
-        with torch.enable_grad():
-            llh = self._root_values(codes, table, (edge.new_zeros(edge.shape[:-1] + (1,)), edge),
-                                    (root.new_zeros(()), root))
-            mean = float(llh.detach().mean())
-            if not math.isfinite(mean):
-                return mean
-            grads = torch.autograd.grad(llh.sum(), [table, edge, root])
+        # counts add up over rows: large batches (full-batch EM) go in chunks of about _EM_CHUNK values of (D, N, K)
+        chunk = max(1, _EM_CHUNK // (self.num_vars * self.config.latent))
+        grads = [torch.zeros_like(table), torch.zeros_like(edge), torch.zeros_like(root)]
+        total = 0.0
+        for begin in range(0, len(codes), chunk):
+            with torch.enable_grad():
+                llh = self._root_values(codes[begin:begin + chunk], table,
+                                        (edge.new_zeros(edge.shape[:-1] + (1,)), edge), (root.new_zeros(()), root))
+                total += float(llh.detach().double().sum())
+                if not math.isfinite(total):
+                    return total
+                for summed, grad in zip(grads, torch.autograd.grad(llh.sum(), [table, edge, root])):
+                    summed += grad
+        mean = total / max(1, len(codes))
         with torch.no_grad():
             for parameter, w, grad in ((self.edge_weights, edge, grads[1]), (self.root_weights, root, grads[2])):
                 counts = w * grad + pseudo_count
