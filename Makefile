@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 DATA_DEFAULT := $(firstword $(abspath $(wildcard ../shared/datasets)))
 export OVERSPN_DATA ?= $(DATA_DEFAULT)
 
-.PHONY: install test lint reproduce bench clean
+.PHONY: install test test-fast lint reproduce figures bench clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,21 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest tests
 
+test-fast: install lint
+	$(BIN)/python -m pytest tests -m "not slow"
+
 reproduce: install
 	$(BIN)/overspn reproduce --protocol paper --out results/paper
+
+# Every number and figure the README quotes about the paper, into docs/results/ (long: about an hour of CPU at one
+# thread; every command resumes where it stopped, and finished runs are reused).
+figures: install
+	$(BIN)/overspn reproduce --depth 1 --depth 3 --runs 60,20 --iterations 1200 --perturbation 1e-4,1e-8,1e-12,1e-15 \
+		--budget 500 --threads 1 --no-progress --out results/sweep
+	$(BIN)/overspn reproduce --leaf gaussian --runs 10 --threads 1 --no-progress --out results/gaussian
+	$(BIN)/overspn dynamics --dataset nltcs --branching 2,2,2 --out results/dynamics/nltcs-2x2x2
+	$(BIN)/python -m overspn.studies.results --sweep results/sweep --gaussian results/gaussian \
+		--dynamics results/dynamics/nltcs-2x2x2 --out docs/results
 
 bench: install
 	$(BIN)/python benchmarks/bench_paper_model.py

@@ -4,7 +4,8 @@ Runs ``overspn train --dataset NAME --seed S --time-budget T --threads 1`` for e
 runs at a time), each in its own folder under ``--runs``; a run that already finished is read back, an interrupted
 one resumes from its checkpoint. Writes the table (mean +- standard deviation over seeds of the test log-likelihood,
 with the training time and size, next to the published LearnSPN, RAT-SPN and EinsumNetwork results and the best
-published one) to ``benchmarks/results/benchmark_table.json`` and prints it as markdown.
+published one) to ``results/benchmark_table.json`` (``--out benchmarks/results/benchmark_table.json`` replaces the
+tracked table) and prints it as markdown.
 
     OVERSPN_DATA=../shared/datasets python benchmarks/table_benchmarks.py [--seeds 0 1 2] [--time-budget 240]
 """
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
     parser.add_argument("--runs", default=str(REPO / "results" / "benchmark_runs"), help="folder of the runs")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "benchmark_table.json"))
+    parser.add_argument("--out", default=str(REPO / "results" / "benchmark_table.json"),
+                        help="the table as JSON (default: results/benchmark_table.json; the tracked table is "
+                             "benchmarks/results/benchmark_table.json, replaced only when given as --out)")
     parser.add_argument("extra", nargs="*", help="further options for overspn train, after --")
     args = parser.parse_args()
     unknown = [name for name in args.datasets if name not in PUBLISHED]

@@ -60,6 +60,7 @@ with atomic_output(Path(sys.argv[1])) as temporary:
 """
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_writes_are_swept(tmp_path: Path) -> None:
     writer = python(_KILLED_WRITER, str(tmp_path / "model.ospn"))
     out, _ = writer.communicate(timeout=120)
@@ -124,6 +125,7 @@ with output_lock(sys.argv[1], "holder"):
 """
 
 
+@pytest.mark.slow
 def test_a_live_holder_in_another_process_refuses_a_second_run(tmp_path: Path) -> None:
     holder = python(_HOLDER, str(tmp_path), "--marker-argument")
     try:
@@ -170,6 +172,7 @@ except ConfigurationError:
 """
 
 
+@pytest.mark.slow
 def test_two_runs_racing_for_one_folder_one_wins(tmp_path: Path) -> None:
     start = time.time() + 6.0  # after both have imported overspn
     racers = [python(_RACER, str(tmp_path), str(start)) for _ in range(2)]

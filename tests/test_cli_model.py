@@ -37,7 +37,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"overspn {osp.__version__}"
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("dynamics", "compare")])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_plain_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])

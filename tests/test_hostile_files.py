@@ -251,6 +251,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_refusals_are_fast_and_small(tmp_path: Path) -> None:
     """Every crafted file is refused in a fresh process, each in < 5 s and < 200 MB of growth of the peak memory
     (in practice milliseconds and a few MB; printed with -s)."""

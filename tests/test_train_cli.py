@@ -163,6 +163,7 @@ def _checkpoint_epochs(path: Path) -> int:
     return int(torch.load(io.BytesIO(path.read_bytes()), weights_only=True)["history"]["entries"][-1]["epoch"])
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_path: Path) -> None:
     epochs = 8
     command = [sys.executable, "-m", "overspn.cli", "train", "--train", str(splits["train"]), "--valid",
@@ -197,6 +198,7 @@ def test_killed_run_resumes_to_identical_results(splits: dict[str, Path], tmp_pa
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_two_process_training_equals_single_process_training(splits: dict[str, Path], tmp_path: Path) -> None:
     options = ["train", "--train", str(splits["train"]), "--valid", str(splits["valid"]), "--test", str(splits["test"]),
                "--structure", "depth=2,repetitions=3,sums=4,inputs=4", "--epochs", "3", "--batch-size", "50",

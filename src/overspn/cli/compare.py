@@ -24,10 +24,10 @@ is stored under ``OUT/runs`` so that an interrupted comparison resumes where it 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import math
+import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,8 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.atomic import atomic_write_json, atomic_write_text
 from overspn.cli.argtypes import finite_float, positive_int
+from overspn.cli.options import (
+    add_data_dir,
+    add_datasets,
+    add_quiet,
+    add_restart,
+    add_seed,
+    add_threads,
+    default_out,
+    set_threads,
+)
 from overspn.data import load_dataset
 from overspn.engine.compiled import CompiledSPN
 from overspn.engine.compiled import compile as compile_spn
@@ -46,6 +56,8 @@ from overspn.errors import ConfigurationError, DivergenceError
 from overspn.learn.callbacks import StepTimes
 from overspn.learn.fit import fit
 from overspn.learn.optim import Overparametrized, root_weight_parameter
+from overspn.studies.report import figure as new_figure
+from overspn.studies.report import legend_beside, line_styles, save_figure
 from overspn.symbolic.transforms import mixture, overparametrize
 
 COMPONENTS = 8
@@ -240,38 +252,30 @@ def markdown(sections: list[dict[str, Any]]) -> str:
 
 
 def plot_curves(path: Path, runs: list[dict[str, Any]], title: str, target: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    made, axis = new_figure(8.5, 4.5)
+    styles = line_styles(markevery=max(1, max((len(r["history"]) for r in runs), default=1) // 8))
+    for method, style in zip(METHODS, styles):
         histories = [r["history"] for r in runs if r["method"] == method and not r["diverged"]]
         if not histories:
             continue
         length = min(len(h) for h in histories)
         mean = np.mean([h[:length] for h in histories], axis=0)
-        axis.plot(np.arange(length), mean, label=METHOD_LABELS[method])
-    axis.axhline(target, color="grey", linestyle=":", label="target")
+        axis.plot(np.arange(length), mean, label=METHOD_LABELS[method], **style)
+    axis.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:.3f}")
     finite = [v for r in runs for v in r["history"] if math.isfinite(v)]
     if finite:
         top = max(finite)
         axis.set_ylim(max(min(finite), top - 3 * max(1e-3, top - target) - 1.0), top + 0.05 * abs(top - target) + 0.05)
-    axis.set_xlabel("iteration")
-    axis.set_ylabel("mean train log-likelihood")
-    axis.set_title(title)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    axis.set_xlabel("iteration (full-batch update)")
+    axis.set_ylabel("mean train log-likelihood (nats)")
+    axis.set_title(title, fontsize=10)
+    axis.grid(alpha=0.3)
+    legend_beside(axis)
+    save_figure(made, path)
 
 
 def handle(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     for method in methods:
@@ -279,21 +283,26 @@ def handle(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if args.seeds < 1 or args.timing_steps < 1 or args.timing_rounds < 1:
         raise ConfigurationError("--seeds, --timing-steps and --timing-rounds must be >= 1")
-    out = Path(args.out)
-    sections, rows_csv = [], []
+    out = Path(args.out) if args.out is not None else default_out(
+        "compare", [args.protocol, *(args.dataset or [])], args, OUT_DEFAULTS)
+    if args.restart:
+        shutil.rmtree(out / "runs", ignore_errors=True)
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
+    say(f"compare: {', '.join(methods)}; seeds {args.seed}..{args.seed + args.seeds - 1}; results in {out}")
+    sections, rows_csv, figures = [], [], []
     for name in protocols:
         protocol = PROTOCOLS[name]
         iterations = args.iterations if args.iterations is not None else protocol.iterations
         if iterations < 1:
             raise ConfigurationError(f"--iterations must be >= 1, got {iterations}")
-        datasets = tuple(args.datasets.split(",")) if args.datasets else protocol.datasets
+        datasets = tuple(args.dataset) if args.dataset else protocol.datasets
         for dataset_name in datasets:
-            dataset = load_dataset(dataset_name)
+            dataset = load_dataset(dataset_name, args.data_dir)
             runs = []
             for method in methods:
                 if method == "depth3-shared" and protocol.weights != "raw":
                     continue
-                for seed in range(args.seeds):
+                for seed in range(args.seed, args.seed + args.seeds):
                     path = out / "runs" / f"{name}-{dataset_name}-{method}-seed{seed}.json"
                     config = {"protocol": asdict(protocol), "iterations": iterations}
                     if path.is_file():
@@ -305,8 +314,8 @@ def handle(args: argparse.Namespace) -> int:
                     result["config"] = config
                     atomic_write_json(path, result)
                     runs.append(result)
-                    print(f"{name} {dataset_name} {method} seed {seed}: final train {result['final_train']:.4f} "
-                          f"test {result['final_test']:.4f} ({result['seconds'][-1]:.1f} s)", flush=True)
+                    say(f"{name} {dataset_name} {method} seed {seed}: final train {result['final_train']:.4f} "
+                        f"test {result['final_test']:.4f} ({result['seconds'][-1]:.1f} s)")
             baseline = [r["final_train"] for r in runs if r["method"] == "gd" and math.isfinite(r["final_train"])]
             if args.target is not None:
                 target = args.target
@@ -321,22 +330,34 @@ def handle(args: argparse.Namespace) -> int:
             if stored_timing.get("config") == timing_config:
                 step_seconds = stored_timing["seconds_per_step"]
             else:
+                say(f"{name} {dataset_name}: timing {args.timing_rounds} interleaved rounds of {args.timing_steps} "
+                    "steps per method ...")
                 step_seconds = time_steps(timed, protocol, dataset, args.timing_steps, args.timing_rounds)
                 atomic_write_json(timing_path, {"config": timing_config, "seconds_per_step": step_seconds})
             rows = summarise(runs, target, step_seconds)
             sections.append({"protocol": name, "dataset": dataset_name, "target": target, "seeds": args.seeds,
                              "iterations": iterations, "rows": rows})
             rows_csv.extend({"protocol": name, "dataset": dataset_name, "target": target, **row} for row in rows)
-            plot_curves(out / f"curves_{name}_{dataset_name}.png", runs,
-                        f"{name} protocol, {dataset_name}: mean over {args.seeds} seeds", target)
+            figures.append(out / f"curves_{name}_{dataset_name}.png")
+            plot_curves(figures[-1], runs, f"{name} protocol, {dataset_name}: mean train log-likelihood over "
+                        f"{args.seeds} seeds", target)
     columns = list(rows_csv[0])
     lines = [",".join(columns)] + [",".join(_csv(row[c]) for c in columns) for row in rows_csv]
     atomic_write_text(out / "comparison.csv", "\n".join(lines) + "\n")
     atomic_write_json(out / "comparison.json", sections)
     table = markdown(sections)
     atomic_write_text(out / "comparison.md", table + "\n")
-    print(table)
+    if not args.quiet:
+        print(table)
+        print(f"compare: {len(sections)} protocol and data set pairs, {len(methods)} methods, {args.seeds} seeds")
+        for path in (out / "comparison.csv", out / "comparison.json", out / "comparison.md", *figures):
+            print(f"wrote {path}")
     return 0
+
+
+# the options that change the results: a run that changes one of them gets its own default folder
+OUT_DEFAULTS = {"iterations": None, "seeds": 5, "seed": 0, "methods": None, "target": None, "timing_steps": 20,
+                "timing_rounds": 7}
 
 
 def _csv(value: Any) -> str:
@@ -349,17 +370,30 @@ def _csv(value: Any) -> str:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compare", help="depth (implicit acceleration) against momentum, Adam and the depth optimiser",
-        description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=("paper", "log", "both"), default="paper")
-    parser.add_argument("--datasets", help="comma-separated data sets (default: the protocol's)")
+        description="Implicit acceleration by depth against explicit momentum, Adam and depth as an optimiser: every "
+                    "method trains the paper's mixture of 8 products from the same start for a fixed number of "
+                    "iterations; reports the iterations and seconds each needs to reach plain gradient ascent's "
+                    "mean final train log-likelihood. Writes comparison.csv, comparison.json, comparison.md and one "
+                    "figure per protocol and data set to --out; finished runs are kept under OUT/runs, so an "
+                    "interrupted comparison resumes.")
+    parser.add_argument("--protocol", choices=("paper", "log", "both"), default="paper",
+                        help="paper: raw weights, lr 0.01, 500 iterations, nltcs; log: log-weights, lr 0.1, 1000 "
+                             "iterations, nltcs, plants, baudio")
+    add_datasets(parser, "the protocol's", alias="--datasets")
+    add_data_dir(parser)
     parser.add_argument("--iterations", type=positive_int, help="iterations per run (default: the protocol's)")
-    parser.add_argument("--seeds", type=positive_int, default=5, help="runs per method, seeds 0..N-1 (default 5)")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="runs per method, seeds SEED..SEED+N-1")
+    add_seed(parser, "the first seed, an integer >= 0")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     parser.add_argument("--target", type=finite_float,
                         help="target train log-likelihood (default: gradient ascent's mean final value)")
     parser.add_argument("--timing-steps", type=positive_int, default=20,
                         help="steps per method and round of the timing")
     parser.add_argument("--timing-rounds", type=positive_int, default=7, help="interleaved rounds of the timing")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", required=True, help="output folder")
+    add_threads(parser, default=1)
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default: results/compare/PROTOCOL[+DATASETS], with a short hash of other "
+                             "settings that differ from the defaults)")
+    add_restart(parser)
+    add_quiet(parser)
     parser.set_defaults(handler=handle)

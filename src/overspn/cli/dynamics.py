@@ -17,22 +17,24 @@ root into ``len(branching)`` sum layers (every new weight starting at ``--init``
 from __future__ import annotations
 
 import argparse
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from overspn.cli.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from overspn.atomic import atomic_write_json, atomic_write_text
+from overspn.cli.argtypes import non_negative_float, positive_float, positive_int
+from overspn.cli.options import add_data_dir, add_quiet, add_seed, add_threads, default_out, set_threads
 from overspn.data import load_dataset
 from overspn.errors import ConfigurationError
 from overspn.studies.dynamics import Trace, Tracer, loglog_slope
+from overspn.studies.report import COLOURS, save_figure
+from overspn.studies.report import figure as new_figure
 from overspn.symbolic.transforms import mixture, overparametrize
 
 DEFAULT_ETAS = "1e-2,1e-3,1e-4,1e-5,1e-6,1e-7"
+ROUNDING_SLOPE = 0.5  # an absolute residual with a log-log slope in eta below this is rounding, not the expansion
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
@@ -68,25 +70,14 @@ def momentum_table(trace: Trace, times: list[int]) -> str:
 
 
 def _save(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(figure, path)
 
 
 def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = np.arange(trace.iterations)
-    colours = plt.cm.tab10(np.arange(trace.weights.shape[1]) % 10)
+    colours = [COLOURS[k % len(COLOURS)] for k in range(trace.weights.shape[1])]
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = new_figure(7, 4.5)
     for k, colour in enumerate(colours):
         axis.plot(steps, trace.rho[:, k], color=colour, label=f"k={k}" if k < 10 else None)
         axis.plot(steps, trace.rho_paper[:, k], color=colour, linestyle="--")
@@ -97,7 +88,7 @@ def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> 
     axis.legend(fontsize=7, ncol=2)
     _save(figure, out / "rho.png")
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = new_figure(7, 4.5)
     for k, colour in enumerate(colours):
         axis.plot(steps, trace.lam[:, k], color=colour, label=f"k={k}" if k < 10 else None)
     axis.set_yscale("symlog", linthresh=1e-6)
@@ -107,7 +98,7 @@ def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> 
     axis.legend(fontsize=7, ncol=2)
     _save(figure, out / "lambda.png")
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
+    figure, axes = new_figure(10, 4.5, 1, 2, sharex=True, sharey=True)
     actual = trace.actual.ravel()
     held = trace.clamped.ravel()
     panels = ((axes[0], trace.general.ravel(), "general formula"), (axes[1], trace.paper.ravel(), "paper's formula"))
@@ -131,9 +122,9 @@ def plot(out: Path, trace: Trace, scaling: list[dict[str, Any]], title: str) -> 
     figure.suptitle(title, fontsize=9)
     _save(figure, out / "predicted_vs_actual.png")
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = new_figure(7, 4.5)
     states = sorted({row["state"] for row in scaling})
-    for formula, style in (("general", "-o"), ("paper", "--s")):
+    for formula, style in (("general", "-o"), ("paper", "--s"), ("general_deep_step", ":^")):
         for state in states:
             rows = [r for r in scaling if r["formula"] == formula and r["state"] == state]
             axis.plot([r["eta"] for r in rows], [r["residual"] for r in rows], style, markersize=4,
@@ -154,11 +145,18 @@ def summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: flo
 
 def _summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: float) -> dict[str, Any]:
     slopes: dict[str, Any] = {}
-    for formula in ("general", "paper"):
+    for formula in ("general", "paper", "general_deep_step"):
         for state in sorted({row["state"] for row in scaling}):
             rows = [r for r in scaling if r["formula"] == formula and r["state"] == state]
             etas = [r["eta"] for r in rows]
             slopes[f"{formula}, t={state}"] = {
+                # a second-order error shrinks like eta^2 (slope 2), a first-order one like eta (slope 1, the paper's
+                # formula for 3+ layers); float64 rounding of the step does not shrink (slope near 0)
+                "rounding_limited": bool(loglog_slope(etas, [r["absolute"] for r in rows]) < ROUNDING_SLOPE),
+                "min_absolute_residual": min(r["absolute"] for r in rows),
+                "weight_resolution": rows[0]["resolution"],
+                "max_absolute_residual": max(r["absolute"] for r in rows),
+                "max_relative_residual": max(r["residual"] for r in rows),
                 "absolute_residual_slope": loglog_slope(etas, [r["absolute"] for r in rows]),
                 "relative_residual_slope": loglog_slope(etas, [r["residual"] for r in rows]),
                 "relative_residual_by_eta": {repr(r["eta"]): r["residual"] for r in rows},
@@ -183,6 +181,10 @@ def _summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: fl
                       "median_component_residual_clamped_steps": _nanmedian(component_residual[formula][~free])}
             for formula, r in step_residuals.items()},
         "fraction_of_component_steps_clamped": float(trace.clamped.mean()),
+        "gradient_noise_level": {
+            f"t={state}": min((r for r in scaling if r["formula"] == "general_deep_step" and r["state"] == state),
+                              key=lambda r: r["eta"])["residual"]
+            for state in sorted({row["state"] for row in scaling})},
         "edges_on_floor": {"first_state": float(on_floor[0].mean()), "mean": float(on_floor.mean()),
                            "last_state": float(on_floor[-1].mean())},
         "unrolled_final_relative_error": float(np.linalg.norm(unrolled - final) / np.linalg.norm(final)),
@@ -196,14 +198,52 @@ def _summarise(trace: Trace, scaling: list[dict[str, Any]], floor: float, lr: fl
     }
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``overspn dynamics`` prints: slopes per state, the float64 noise level, floor and residual figures."""
+    config = summary["config"]
+    lines = [f"{config['dataset']}, branching {','.join(map(str, config['branching']))}, lr {config['lr']}, "
+             f"{config['iterations']} iterations, seed {config['seed']}, perturbation {config['perturbation']:g}"]
+    for key, value in summary["slopes"].items():
+        if key.startswith("general_deep_step"):
+            continue
+        if value["rounding_limited"]:
+            lines.append(f"{key}: rounding-limited: the absolute residual ({value['min_absolute_residual']:.2g} to "
+                         f"{value['max_absolute_residual']:.2g}, slope {value['absolute_residual_slope']:.2f}) does "
+                         "not shrink with eta, it is float64 rounding of the step (resolution of the weights "
+                         f"eps ||w|| = {value['weight_resolution']:.2g}); relative residual at most "
+                         f"{value['max_relative_residual']:.2g}: the first-order prediction holds to that")
+        else:
+            lines.append(f"{key}: residual slope {value['absolute_residual_slope']:.3f} (absolute), "
+                         f"{value['relative_residual_slope']:.3f} (relative); actual and predicted step from one "
+                         "gradient")
+    for state, noise in summary["gradient_noise_level"].items():
+        deep = summary["slopes"][f"general_deep_step, {state}"]
+        lines.append(f"{state}: the deep model's own step against the shallow gradient's prediction (two gradients): "
+                     f"relative residual {noise:.3g} at the smallest eta, slope {deep['relative_residual_slope']:.2f} "
+                     "(relative); " + ("constant in eta: the two float64 gradients disagree by this much"
+                                       if abs(deep["relative_residual_slope"]) < ROUNDING_SLOPE else
+                                       "shrinking with eta: the gradients agree below the expansion's error"))
+    for formula, value in summary["training_steps"].items():
+        lines.append(f"training steps at lr {value['lr']}, {formula}: median relative residual "
+                     f"{value['median_relative_residual']:.3g}, first step "
+                     f"{value['first_step_relative_residual']:.3g}; per component: free steps "
+                     f"{value['median_component_residual_free_steps']:.3g}, steps held by the floor "
+                     f"{value['median_component_residual_clamped_steps']:.3g}")
+    lines.append(f"component-steps held by the floor: {summary['fraction_of_component_steps_clamped']:.3f}; "
+                 f"edges on the floor: first state {summary['edges_on_floor']['first_state']:.3f}, mean "
+                 f"{summary['edges_on_floor']['mean']:.3f}, last state {summary['edges_on_floor']['last_state']:.3f}")
+    lines.append("unrolled first-order weights, relative error at t = " + ", ".join(
+        f"{t}: {v:.2g}" for t, v in summary["unrolled_relative_error_by_t"].items()))
+    return lines
+
+
 def _nanmedian(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(np.median(finite)) if finite.size else math.nan
 
 
 def handle(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         branching = tuple(int(b) for b in args.branching.split(","))
         etas = [float(e) for e in args.etas.split(",")]
@@ -215,7 +255,10 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--etas must be positive numbers, got {args.etas}")
     if args.iterations < 1:
         raise ConfigurationError(f"--iterations must be >= 1, got {args.iterations}")
-    data = load_dataset(args.dataset).train
+    data = load_dataset(args.dataset, args.data_dir).train
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
+    say(f"dynamics: tracing {args.iterations} iterations of gradient ascent on {args.dataset} ({data.shape[0]} rows), "
+        f"branching {','.join(map(str, branching))}, lr {args.lr} ...")
     components = math.prod(branching)
     root = mixture(data.shape[1], components, "indicator", args.seed, root_weight=args.init,
                    perturbation=args.perturbation)
@@ -224,10 +267,13 @@ def handle(args: argparse.Namespace) -> int:
     states = sorted({0, args.iterations // 2, args.iterations})
     trace, snapshots = tracer.run(args.iterations, snapshot_at=states)
     scaling = []
+    say(f"dynamics: first-order residuals of one step at {len(etas)} step sizes from the states t = "
+        f"{', '.join(map(str, states))} ...")
     for state in states:
         tracer.restore(snapshots[state])
         scaling.extend({"state": state, **row} for row in tracer.eta_scaling(etas))
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else default_out(
+        "dynamics", f"{args.dataset}-{'x'.join(map(str, branching))}", args, OUT_DEFAULTS)
     atomic_write_text(out / "dynamics.csv", dynamics_table(trace))
     atomic_write_text(out / "momentum.csv", momentum_table(trace, sorted({args.iterations // 2, args.iterations})))
     atomic_write_text(out / "eta_scaling.csv", _csv(
@@ -241,27 +287,47 @@ def handle(args: argparse.Namespace) -> int:
     title = (f"{args.dataset}, branching {','.join(map(str, branching))}, lr {args.lr}, init {args.init}, "
              f"seed {args.seed}")
     plot(out, trace, scaling, title)
-    for key, value in summary["slopes"].items():
-        print(f"{key}: residual slope {value['absolute_residual_slope']:.3f} (absolute), "
-              f"{value['relative_residual_slope']:.3f} (relative)")
-    for formula, value in summary["training_steps"].items():
-        print(f"training steps at lr {args.lr}, {formula}: median relative residual "
-              f"{value['median_relative_residual']:.3g}, first step {value['first_step_relative_residual']:.3g}")
+    if args.quiet:
+        return 0
+    for line in summary_lines(summary):
+        print(line)
+    for name in ("dynamics.csv", "momentum.csv", "eta_scaling.csv", "summary.json", "rho.png", "lambda.png",
+                 "predicted_vs_actual.png", "eta_scaling.png"):
+        print(f"wrote {out / name}")
     return 0
 
 
+# the options that change the results: a run that changes one of them gets its own default folder
+OUT_DEFAULTS = {"lr": 0.01, "iterations": 500, "seed": 0, "perturbation": 1e-12, "init": 1e-4, "floor": 1e-4,
+                "etas": DEFAULT_ETAS, "data_dir": None}
+
+
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("dynamics", help="trace an overparametrized SPN's training against first-order "
-                                                    "theory", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="nltcs")
-    parser.add_argument("--branching", default="2,2,2", help="comma-separated branching of the sum layers")
-    parser.add_argument("--lr", type=positive_float, default=0.01)
-    parser.add_argument("--iterations", type=positive_int, default=500)
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--perturbation", type=non_negative_float, default=1e-12)
+    parser = subparsers.add_parser(
+        "dynamics", help="trace an overparametrized SPN's training against first-order theory",
+        description="Trace gradient ascent on an overparametrized SPN (the paper's mixture with its root replaced by "
+                    "sum layers of the given branching) against its first-order theory: per iteration and "
+                    "component the collapsed weight, gradient, adaptive rate rho, momentum-like lambda and the "
+                    "first-order predictions (general and the paper's), plus the residual of one step at several "
+                    "step sizes. Writes dynamics.csv, momentum.csv, eta_scaling.csv, summary.json and four figures "
+                    "to --out.")
+    parser.add_argument("--dataset", default="nltcs", metavar="NAME", help="benchmark data set (its train split)")
+    add_data_dir(parser)
+    parser.add_argument("--branching", default="2,2,2",
+                        help="comma-separated branching of the sum layers, at least two layers")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="gradient-ascent step size")
+    parser.add_argument("--iterations", type=positive_int, default=500, help="gradient-ascent steps traced")
+    add_seed(parser, "seed of the perturbation of the initial leaf weights, an integer >= 0")
+    parser.add_argument("--perturbation", type=non_negative_float, default=1e-12,
+                        help="relative perturbation of the initial leaf weights (breaks the components' symmetry)")
     parser.add_argument("--init", type=positive_float, default=1e-4, help="initial value of every sum-layer weight")
-    parser.add_argument("--floor", type=non_negative_float, default=1e-4)
+    parser.add_argument("--floor", type=non_negative_float, default=1e-4,
+                        help="weights are clamped to at least this after every step")
     parser.add_argument("--etas", default=DEFAULT_ETAS, help="step sizes of the first-order residual check")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", required=True)
+    add_threads(parser, default=1)
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default: results/dynamics/DATASET-BRANCHING, e.g. "
+                             "results/dynamics/nltcs-2x2x2, with a short hash of other settings that differ from "
+                             "the defaults)")
+    add_quiet(parser)
     parser.set_defaults(handler=handle)

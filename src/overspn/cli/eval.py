@@ -10,7 +10,18 @@ import numpy as np
 import torch
 
 from overspn.atomic import atomic_write_json
-from overspn.cli.model_io import add_data_arguments, add_model_argument, read_model, read_rows, write_table
+from overspn.cli.argtypes import positive_int
+from overspn.cli.model_io import (
+    add_data_arguments,
+    add_model_argument,
+    data_name,
+    default_file,
+    model_name,
+    read_model,
+    read_rows,
+    write_table,
+)
+from overspn.cli.options import add_quiet, add_threads, set_threads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,14 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "missing values gets the log of its marginal probability.")
     add_model_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, help="write the summary as JSON to this file")
-    parser.add_argument("--per-row", type=Path, metavar="FILE", help="write every row's log-likelihood as CSV")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="rows evaluated at once (default 10000)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="the summary as JSON (default: results/eval/MODEL-DATA.json, MODEL the model file's "
+                             "name or folder, DATA the CSV file's stem or DATASET-SPLIT)")
+    parser.add_argument("--per-row", type=Path, metavar="FILE",
+                        help="write every row's log-likelihood as CSV (default: not written)")
+    parser.add_argument("--batch-size", type=positive_int, default=10_000, help="rows evaluated at once")
+    add_threads(parser, default=None)
+    add_quiet(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     model = read_model(args.model)
     rows, source = read_rows(args, model)
     values = []
@@ -45,9 +61,10 @@ def handle(args: argparse.Namespace) -> int:
         "mean_log_likelihood_complete_rows": float(per_row[~missing].mean()) if (~missing).any() else None,
         "nats_per_variable": float(per_row.mean() / model.num_vars) if len(per_row) else None,
     }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, summary)
+    out = args.out if args.out is not None else default_file("eval", model_name(args.model), data_name(args),
+                                                              suffix=".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, summary)
     if args.per_row is not None:
         write_table(args.per_row, per_row[:, None], header=["log_likelihood"])
     if not args.quiet:
@@ -55,7 +72,7 @@ def handle(args: argparse.Namespace) -> int:
         shown = "n/a" if mean is None or not math.isfinite(mean) else f"{mean:.4f}"
         print(f"{source}: {len(rows)} rows ({int(missing.sum())} with missing values), mean log-likelihood "
               f"{shown} nats")
-        for path in (args.out, args.per_row):
+        for path in (out, args.per_row):
             if path is not None:
                 print(f"wrote {path}")
     return 0

@@ -19,6 +19,7 @@ import sys
 from typing import NoReturn
 
 from overspn import __version__
+from overspn.cli.options import HelpFormatter
 from overspn.errors import DivergenceError, OverspnError
 
 COMMANDS = ("train", "eval", "sample", "mpe", "info", "reproduce", "dynamics", "compare")
@@ -28,6 +29,10 @@ class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line naming the command and a pointer to ``--help``."""
 
     commands: dict[str, argparse.ArgumentParser]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)  # every option's help shows its default
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from overspn.atomic import atomic_write_text
+from overspn.cli.options import RESULTS, add_data_dir, slug
 from overspn.data import load_csv, load_dataset
 from overspn.engine.base import SPNModule
 from overspn.errors import ConfigurationError
@@ -27,8 +28,25 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
                         help="CSV without header, one row per line; empty, '?', 'nan' or 'NA' fields are missing")
     source.add_argument("--dataset", metavar="NAME", help="a benchmark data set by name (e.g. nltcs)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split of --dataset (default: test)")
-    parser.add_argument("--data-dir", type=Path, help="folder of NAME/NAME.{train,valid,test}.data "
-                                                      "(default: $OVERSPN_DATA)")
+    add_data_dir(parser)
+
+
+def model_name(path: Path) -> str:
+    """A short name of a model file: its stem, or its folder's name for the ``model.ospn`` that train writes."""
+    path = Path(path)
+    return path.parent.name if path.stem == "model" and path.parent.name else path.stem
+
+
+def data_name(args: argparse.Namespace) -> str:
+    """A short name of the rows given: the CSV file's stem, or ``DATASET-SPLIT``."""
+    if getattr(args, "data", None) is not None:
+        return Path(args.data).stem
+    return f"{args.dataset}-{args.split}"
+
+
+def default_file(command: str, *words: str, suffix: str) -> Path:
+    """``results/COMMAND/WORD-WORD.SUFFIX``: the default output file of a command that uses a saved model."""
+    return RESULTS / command / (slug("-".join(words)) + suffix)
 
 
 def read_model(path: Path) -> SPNModule:

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import torch
 
-from overspn.cli.model_io import add_data_arguments, add_model_argument, read_model, read_rows, write_table
+from overspn.cli.model_io import (
+    add_data_arguments,
+    add_model_argument,
+    data_name,
+    default_file,
+    model_name,
+    read_model,
+    read_rows,
+    write_table,
+)
+from overspn.cli.options import add_quiet, add_threads, set_threads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,19 +28,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Observed entries are kept.")
     add_model_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="CSV file to write the completed rows to")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="CSV file to write the completed rows to (default: results/mpe/MODEL-DATA.csv)")
+    add_threads(parser, default=None)
+    add_quiet(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     model = read_model(args.model)
     rows, source = read_rows(args, model)
     with torch.no_grad():
         completed = model.mpe(rows).double().cpu().numpy()
-    write_table(args.out, completed)
+    out = args.out if args.out is not None else default_file("mpe", model_name(args.model), data_name(args),
+                                                              suffix=".csv")
+    write_table(out, completed)
     if not args.quiet:
         filled = int((rows != rows).sum())
         print(f"{source}: completed {filled} missing entries in {len(rows)} rows")
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
     return 0

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from overspn.cli.argtypes import non_negative_int, positive_int
-from overspn.cli.model_io import add_model_argument, read_model, write_table
+from overspn.cli.argtypes import positive_int
+from overspn.cli.model_io import add_model_argument, default_file, model_name, read_model, write_table
+from overspn.cli.options import add_quiet, add_seed, add_threads, set_threads
 from overspn.data import load_csv
 from overspn.errors import ConfigurationError
 
@@ -21,14 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "conditional distribution.")
     add_model_argument(parser)
     parser.add_argument("-n", "--num-samples", type=positive_int, required=True, help="number of rows to draw")
-    parser.add_argument("--evidence", type=Path, metavar="FILE", help="CSV of 1 or N rows; empty fields are drawn")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="CSV file to write the samples to")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("--evidence", type=Path, metavar="FILE",
+                        help="CSV of 1 or N rows; empty fields are drawn (default: none, unconditional samples)")
+    add_seed(parser)
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="CSV file to write the samples to (default: results/sample/MODEL-nN-seedS.csv)")
+    add_threads(parser, default=None)
+    add_quiet(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     model = read_model(args.model)
     evidence = None
     if args.evidence is not None:
@@ -42,10 +47,15 @@ def handle(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
         samples = model.sample(args.num_samples, evidence, generator=generator)
-    write_table(args.out, samples.double().cpu().numpy())
+    out = args.out
+    if out is None:
+        words = [model_name(args.model), f"n{args.num_samples}", f"seed{args.seed}"]
+        out = default_file("sample", *words, *([args.evidence.stem] if args.evidence is not None else []),
+                           suffix=".csv")
+    write_table(out, samples.double().cpu().numpy())
     if not args.quiet:
         print(f"drew {args.num_samples} samples of {model.num_vars} variables (seed {args.seed})")
-        print(f"wrote {args.out}")
+        print(f"wrote {out}")
     return 0
 
 

@@ -35,6 +35,7 @@ from overspn.learn.checkpoint import read_checkpoint, write_checkpoint
 from overspn.learn.distributed import Processes
 from overspn.learn.floor import keep_floor
 from overspn.learn.history import History
+from overspn.learn.progress import Progress
 from overspn.learn.splits import evaluate, prepare
 
 __all__ = ["fit", "keep_floor", "evaluate", "History", "OPTIMIZERS", "DEFAULT_LEARNING_RATES", "OptimizerSpec"]
@@ -59,8 +60,9 @@ def fit(model: torch.nn.Module, train: Any, valid: Any = None, *, test: Any = No
     ``lr``: None takes :data:`DEFAULT_LEARNING_RATES` for a name and the optimizer's own rates for an instance (a
     rate given replaces them); a factory needs one.
     ``patience``: None never stops early. ``time_budget``: no epoch starts after this many seconds. ``callbacks``:
-    see :mod:`overspn.learn.callbacks`. ``progress``: a tqdm bar on stderr. ``checkpoint``: a file to resume from
-    and write; ``fingerprint``: more settings (structure, data) it must match. ``distributed``: data-parallel over
+    see :mod:`overspn.learn.callbacks`. ``progress``: a bar on stderr (a line every few seconds when stderr is not a
+    terminal) counting to the epoch early stopping would end at. ``checkpoint``: a file to resume from and write;
+    ``fingerprint``: more settings (structure, data) it must match. ``distributed``: data-parallel over
     the current ``torch.distributed`` group (adam, sgd or torch optimizers; rank 0 writes the checkpoint).
     ``deduplicate``: full-batch means of a compiled SPN over distinct rows.
 
@@ -195,10 +197,7 @@ class _Run:
         resumed = self._resume()
         self.clock = (time.perf_counter() - self.offset[0], time.process_time() - self.offset[1])
         if progress and self.processes.rank == 0:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.settings["epochs"], initial=self.history.epochs, unit="epoch",
-                            dynamic_ncols=True, desc="training")
+            self.bar = Progress(self.settings["epochs"], self.settings["patience"], initial=self.history.epochs)
         try:
             if not resumed:
                 self._record_initial()
@@ -276,9 +275,7 @@ class _Run:
             total += objective * len(rows)
             notify(self.callbacks, "on_step", self.model, Step(epoch, batch, objective, time.perf_counter() - started))
             if self.bar is not None and batch % 10 == 0:
-                self.bar.set_postfix_str(f"epoch {epoch} batch llh {total / min(begin + size, train.num_rows):.4f}",
-                                         refresh=False)
-                self.bar.update(0)
+                self.bar.batch(epoch, total / min(begin + size, train.num_rows))
         return total / train.num_rows
 
     # -- one update ----------------------------------------------------------------------------------------------
@@ -341,10 +338,9 @@ class _Run:
         entry = {"epoch": epoch, "train_llh": train_llh, "valid_llh": values["valid"], "test_llh": values["test"],
                  "seconds": seconds, "cpu_seconds": time.process_time() - self.clock[1], "learning_rate": rate}
         self.history.append(entry)
-        if self.bar is not None:
-            best = "" if self.history.best_valid_llh is None else f" best valid {self.history.best_valid_llh:.4f}"
-            self.bar.set_postfix_str(f"train {train_llh:.4f}{best}", refresh=False)
-            self.bar.update(1 if epoch > 0 else 0)
+        if self.bar is not None and epoch > 0:
+            self.bar.epoch(epoch, train_llh, self.history.best_valid_llh,
+                           self.history.best_epoch if self.history.best_valid_llh is not None else None)
         notify(self.callbacks, "on_epoch", self.model, dict(entry))
 
     def _track_best(self, epoch: int, valid: float | None) -> None:
