@@ -382,7 +382,9 @@ class _Run:
                 self.optimizer.load_state_dict(saved["optimizer"])
             self.history = History.from_dict(saved["history"])
             self.best_state, self.bad_epochs, self.em_rate = saved["best_state"], saved["bad_epochs"], saved["em_rate"]
-            if not isinstance(self.best_state, dict) or self.best_state.keys() != self.model.state_dict().keys():
+            # None: no epoch has been validated yet; otherwise the parameters of the model's own layout
+            if self.best_state is not None and (not isinstance(self.best_state, dict)
+                                                or self.best_state.keys() != self.model.state_dict().keys()):
                 raise ValueError("its best parameters do not match the model's")
             self.offset = (float(self.history.seconds), float(self.history.cpu_seconds))
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:
