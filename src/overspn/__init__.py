@@ -21,6 +21,7 @@ from overspn.errors import (
 )
 from overspn.learn.fit import History, fit
 from overspn.learn.floor import keep_floor
+from overspn.learn.recipes import EMSchedule, Structure, build_model, default_structure, parse_structure, train_model
 from overspn.serialization import load, save, structure_from_dict, structure_to_dict
 from overspn.symbolic.structure import (
     Bernoulli,
@@ -54,6 +55,12 @@ __all__ = [
     "DataError",
     "DivergenceError",
     "EncodedData",
+    "EMSchedule",
+    "Structure",
+    "build_model",
+    "default_structure",
+    "parse_structure",
+    "train_model",
     "History",
     "Gaussian",
     "Indicator",
