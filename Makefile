@@ -37,9 +37,11 @@ figures: install
 	$(BIN)/overspn reproduce --depth 1 --depth 3 --runs 60,20 --iterations 1200 --perturbation 1e-4,1e-8,1e-12,1e-15 \
 		--budget 500 --threads 1 --no-progress --out results/sweep
 	$(BIN)/overspn reproduce --leaf gaussian --runs 10 --threads 1 --no-progress --out results/gaussian
+	$(BIN)/overspn reproduce --leaf gaussian --runs 10 --iterations 500 --threads 1 --no-progress \
+		--out results/gaussian-500
 	$(BIN)/overspn dynamics --dataset nltcs --branching 2,2,2 --out results/dynamics/nltcs-2x2x2
 	$(BIN)/python -m overspn.studies.results --sweep results/sweep --gaussian results/gaussian \
-		--dynamics results/dynamics/nltcs-2x2x2 --out docs/results
+		--gaussian results/gaussian-500 --dynamics results/dynamics/nltcs-2x2x2 --out docs/results
 
 bench: install
 	$(BIN)/python benchmarks/bench_paper_model.py

@@ -166,6 +166,25 @@ def test_first_order_residual_shrinks_like_eta_squared(branching: tuple[int, ...
         assert min(r["residual"] for r in paper) > 0.05
 
 
+def test_at_the_symmetric_start_one_gradient_is_rounding_limited_far_below_two_gradients() -> None:
+    """At the paper's start (components equal up to 1e-12, every weight 1e-4) the shallow gradient is at float64
+    noise level. The deep model's own step and the shallow gradient's prediction then disagree by rounding (a
+    residual constant in eta); step and prediction from one gradient agree to the rounding of the step itself."""
+    root = osp.mixture(NUM_VARS, 8, seed=0, root_weight=1e-4, perturbation=1e-12)
+    tracer = Tracer(osp.overparametrize(root, (2, 2, 2), init=1e-4), _data(400), lr=0.01)
+    etas = [1e-2, 1e-3, 1e-4, 1e-5]
+    rows = tracer.eta_scaling(etas)
+    one = [r for r in rows if r["formula"] == "general"]
+    deep = [r for r in rows if r["formula"] == "general_deep_step"]
+    # the steps are so small (w changes by 1e-8 of itself) that the one-gradient residual is float64 rounding of
+    # the step: within a few times eps ||w|| at every eta, and tiny relative to the change
+    assert all(r["absolute"] < 10 * r["resolution"] for r in one)
+    assert max(r["residual"] for r in one) < 1e-4
+    # the deep model's own step disagrees with the shallow gradient's prediction by a constant fraction
+    assert loglog_slope(etas, [r["residual"] for r in deep]) == pytest.approx(0.0, abs=0.2)
+    assert min(r["residual"] for r in deep) > 100 * max(r["residual"] for r in one)
+
+
 def test_natural_tree_first_order_slope() -> None:
     tracer = Tracer(_natural_tree(), _data(), lr=0.1)
     etas = [1e-2, 1e-3, 1e-4]
@@ -222,7 +241,7 @@ def test_tracer_rejects_bad_options() -> None:
 
 def _fake_dataset(monkeypatch: pytest.MonkeyPatch, module: str, num_vars: int = 5) -> None:
     dataset = Dataset("tiny", _data(200, seed=1, num_vars=num_vars), None, _data(60, seed=2, num_vars=num_vars))
-    monkeypatch.setattr(f"overspn.cli.{module}.load_dataset", lambda name: dataset)
+    monkeypatch.setattr(f"overspn.cli.{module}.load_dataset", lambda name, data_dir=None: dataset)
 
 
 def test_dynamics_command_writes_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,7 +256,7 @@ def test_dynamics_command_writes_its_outputs(tmp_path: Path, monkeypatch: pytest
     with open(out / "eta_scaling.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0])[:3] == ["formula", "eta", "residual"]
-    assert {r["formula"] for r in rows} == {"general", "paper"}
+    assert {r["formula"] for r in rows} == {"general", "paper", "general_deep_step"}
     assert {float(r["eta"]) for r in rows} == {1e-2, 1e-3, 1e-4}
     with open(out / "dynamics.csv") as stream:
         table = list(csv.DictReader(stream))
@@ -245,6 +264,8 @@ def test_dynamics_command_writes_its_outputs(tmp_path: Path, monkeypatch: pytest
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slopes"]["general, t=3"]["absolute_residual_slope"] == pytest.approx(2.0, abs=0.1)
     assert summary["slopes"]["paper, t=3"]["relative_residual_slope"] == pytest.approx(0.0, abs=0.1)
+    assert set(summary["gradient_noise_level"]) == {"t=0", "t=3", "t=6"}
+    assert 0 <= summary["fraction_of_component_steps_clamped"] <= 1
     assert not list(out.glob(".*.tmp"))
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_reproduce_writes_curves_summary_and_figures(tmp_path: Path, capsys: pyt
     assert depths["3"]["final_train_llh"]["mean"] == pytest.approx(np.mean(finals), rel=1e-12)
     assert (out / "toy.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
-    assert "depth 3 (2, 2, 2): final train" in printed
+    assert "depth 3 (2, 2, 2), 2 runs: final train" in printed and "reached the target" in printed
     # the same command again reuses every finished run and rewrites identical curves
     before = (out / "curves.csv").read_bytes()
     assert main(["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "25", "--runs", "2",
@@ -138,19 +139,72 @@ def test_bad_data_and_leaf_choices_are_named(tmp_path: Path) -> None:
 
 def test_gaussian_leaves_learn_means_and_deviations(tmp_path: Path) -> None:
     # all components N(0, 1) are the maximum-likelihood single Gaussian of standardised data, a stationary point
-    # from which a perturbation of 1e-12 takes hundreds of iterations to escape: start from distinct means here
+    # from which a small perturbation takes hundreds of iterations to escape: start from distinct means here
     study = protocol_study("paper", leaf="gaussian", datasets=["wine"], iterations=80, runs=1, depths=(1, 3),
-                           perturbation=0.5)
+                           perturbation=0.5, gaussian_init="jitter")
     assert study.datasets == ("wine",)
     results = run_study(study, tmp_path / "out", progress=False)
     for result in results:
         # the first step, from sum weights of 1e-4, overshoots; the ascent climbs from there
         assert result.history.train_llh[-1] > result.history.train_llh[1] + 0.5
         assert result.history.test_llh is not None and math.isfinite(result.history.test_llh[-1])
-    model = build_model(study, 13, depth=3, run=0)
+    train = osp.data.load_sklearn("wine").train
+    model = build_model(study, 13, depth=3, run=0, train=train)
     means, log_std = model.gaussian.mean.detach().clone(), model.gaussian.log_std.detach().clone()
-    fit(model, osp.data.load_sklearn("wine").train, optimizer="sgd", lr=0.01, epochs=40)
+    fit(model, train, optimizer="sgd", lr=0.01, epochs=40)
     assert not torch.allclose(model.gaussian.mean, means) and not torch.allclose(model.gaussian.log_std, log_std)
+
+
+def test_gaussian_defaults_break_the_symmetry_from_data() -> None:
+    study = protocol_study("paper", leaf="gaussian")
+    assert (study.gaussian_init, study.perturbation, study.iterations) == ("kmeans", 1e-4, 2000)
+    assert study.datasets == ("wine", "breast_cancer")
+    assert "gaussian_init" not in protocol_study("paper").settings()  # discrete folders keep their settings
+    train = osp.data.load_sklearn("wine").train
+    model = build_model(study, 13, depth=1, run=0, train=train)
+    means = model.gaussian.mean.detach().numpy().reshape(-1)
+    assert np.unique(np.round(means, 3)).size > 13 * 4  # the components start apart
+    # the same seed gives the same start; another seed another
+    again = build_model(study, 13, depth=3, run=0, train=train).gaussian.mean.detach().numpy().reshape(-1)
+    assert np.array_equal(np.sort(means), np.sort(again))
+    other = build_model(study, 13, depth=1, run=1, train=train).gaussian.mean.detach().numpy().reshape(-1)
+    assert not np.array_equal(np.sort(means), np.sort(other))
+    with pytest.raises(ConfigurationError, match="gaussian_init"):
+        protocol_study("paper", gaussian_init="kmeans")
+    with pytest.raises(ConfigurationError, match="training rows"):
+        build_model(study, 13, depth=1, run=0)
+    # the jittered start differs from N(0, 1) by the perturbation, relatively, in means and spreads
+    jitter = build_model(replace(study, gaussian_init="jitter"), 13, depth=1, run=0)
+    assert 0 < float(jitter.gaussian.mean.detach().abs().max()) < 1e-3
+    assert 0 < float(jitter.gaussian.log_std.detach().abs().max()) < 1e-3
+
+
+def test_per_depth_run_counts_and_the_perturbation_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overspn.studies.sweep import load_results, perturbation_label
+
+    assert [perturbation_label(p) for p in (1e-4, 1e-12, 2.5e-8, 0.0, 0.3)] == ["p1e-4", "p1e-12", "p2.5e-8", "p0",
+                                                                              "p0.3"]
+    data_dir = write_binary_data(tmp_path / "data", "toy", rows=150, num_vars=4)
+    out = tmp_path / "sweep"
+    arguments = ["reproduce", "--dataset", "toy", "--data-dir", str(data_dir), "--iterations", "12", "--depth", "1",
+                 "--depth", "3", "--runs", "3,1", "--perturbation", "1e-2,1e-8", "--budget", "6", "--target",
+                 "-2.7", "--out", str(out), "--no-progress"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "depth 1 (8,), 3 runs" in printed and "depth 3 (2, 2, 2), 1 runs" in printed
+    assert "sweep, target reached within 6 iterations" in printed and "within 12 iterations" in printed
+    assert sorted(p.name for p in (out / "p1e-2" / "runs").iterdir()) == [
+        "toy-depth1-run0.json", "toy-depth1-run1.json", "toy-depth1-run2.json", "toy-depth3-run0.json"]
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["budgets"] == [6, 12] and [row["perturbation"] for row in sweep["perturbations"]] == [1e-2, 1e-8]
+    cell = sweep["perturbations"][0]["budgets"]["12"]["toy"]
+    assert cell["target"] == -2.7 and cell["depths"]["1"]["reach"]["runs"] == 3
+    assert (out / "sweep.png").stat().st_size > 10_000
+    study, results = load_results(out / "p1e-8")
+    assert study.runs_by_depth == (3, 1) and study.perturbation == 1e-8 and len(results) == 4
+    assert main(["reproduce", "--runs", "3,1,2,4", "--out", str(tmp_path / "x"), "--dataset", "toy",
+                 "--data-dir", str(data_dir), "--no-progress"]) == 2
+    assert "4 counts for 3 depths" in capsys.readouterr().err
 
 
 def fake_result(depth: int, run: int, curve: list[float]) -> RunResult:
@@ -159,7 +213,7 @@ def fake_result(depth: int, run: int, curve: list[float]) -> RunResult:
     return RunResult("d", depth, run, History(entries), 1.0)
 
 
-def test_summary_counts_iterations_to_the_plateau_and_speedups() -> None:
+def test_summary_reports_reach_fractions_km_medians_and_speedups_against_a_fixed_target() -> None:
     study = protocol_study("paper", datasets=["d"], runs=2, iterations=5)
     curves = {
         (1, 0): [-3.0, -2.5, -2.0, -1.5, -1.2, -1.0],
@@ -170,24 +224,44 @@ def test_summary_counts_iterations_to_the_plateau_and_speedups() -> None:
         (3, 1): [-3.0, -1.8, -1.2, -1.05, -1.0, -1.0],
     }
     results = [fake_result(d, r, c) for (d, r), c in curves.items()]
+    # default target for a data set without a fixed one: best final mean (-0.975, depth 3) minus TARGET_GAP
     summary = summarise(study, results)["datasets"]["d"]
-    # mean curves: depth 1 [-3, -2.65, -2.3, -1.75, -1.4, -1.2], depth 2 [.., -1.2, -1.05, -1], depth 3 ends -0.975
-    assert summary["mean_curve_target"] == pytest.approx(-0.975 - TARGET_GAP)
-    assert summary["best_run_target"] == pytest.approx(-0.95 - TARGET_GAP)
+    assert summary["target"] == pytest.approx(-0.975 - TARGET_GAP)
+    assert "minus 0.05" in summary["target_rule"]
+    summary = summarise(study, results, target=-1.1)["datasets"]["d"]
     depths = summary["depths"]
-    assert [depths[d]["iterations_to_target"]["mean_curve"] for d in "123"] == [None, 5, 3]
-    # best runs (highest final value; the first on ties): depth 1 run 0, depth 2 run 0, depth 3 run 0; target -1.0
-    assert [depths[d]["iterations_to_target"]["best_run"] for d in "123"] == [5, 4, 1]
-    assert depths["3"]["iterations_to_target"]["per_run_to_mean_curve_target"] == [1, 4]
-    assert depths["3"]["speedup_vs_depth1"]["mean_curve"] is None  # depth 1's mean curve never got there
-    assert depths["3"]["speedup_vs_depth1"]["best_run"] == pytest.approx(5.0)
-    assert depths["2"]["speedup_vs_depth1"]["best_run"] == pytest.approx(1.25)
+    assert depths["1"]["reach"]["per_run"] == [5, None] and depths["1"]["reach"]["reached"] == 1
+    assert depths["1"]["reach"]["km_median"] == 5  # event and censoring at 5: the event first, S(5) = 1/2
+    assert depths["2"]["reach"]["per_run"] == [3, 4] and depths["2"]["reach"]["km_median"] == 3
+    assert depths["3"]["reach"]["per_run"] == [1, 3] and depths["3"]["reach"]["median_reached"] == 1
+    low, high = depths["1"]["reach"]["fraction_reached_ci95"]
+    assert 0 < low < 0.5 < high < 1
+    assert depths["1"]["speedup_vs_depth1"] is None
+    assert depths["3"]["speedup_vs_depth1"]["ratio"] == pytest.approx(5 / 1)  # KM medians 5 and 1
+    lower = summarise(study, results, target=-1.45)["datasets"]["d"]["depths"]
+    assert lower["1"]["reach"]["per_run"] == [4, 5] and lower["1"]["reach"]["km_median"] == 4
+    speed = lower["3"]["speedup_vs_depth1"]
+    assert speed["ratio"] == pytest.approx(4 / 1) and speed["ci95"][0] is not None
     assert depths["2"]["final_train_llh"]["mean"] == pytest.approx(-1.0)
     assert depths["1"]["final_train_llh"]["std"] == pytest.approx(np.std([-1.0, -1.4], ddof=1))
     assert depths["1"]["final_test_llh"] is None
+    # a budget counts only the first iterations: within 3, depth 2 reaches -1.1 in run 0 only
+    budgeted = summarise(study, results, target=-1.1, budget=3)["datasets"]["d"]["depths"]
+    assert budgeted["2"]["reach"]["per_run"] == [3, None] and budgeted["2"]["reach"]["budget"] == 3
+    with pytest.raises(ConfigurationError, match="metric"):
+        summarise(study, results, metric="valid")
+    with pytest.raises(ConfigurationError, match="test curves"):
+        summarise(study, results, metric="test")
     assert BRANCHINGS[3] == (2, 2, 2) and depths["3"]["branching"] == [2, 2, 2]
 
 
+def test_the_nltcs_target_is_the_readme_level() -> None:
+    from overspn.studies.depth import default_target
+
+    assert default_target("nltcs", {1: np.zeros((1, 2))}) == (-7.10, "fixed default for nltcs")
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_curves(tmp_path: Path) -> None:
     """SIGKILL a reproduce command half-way, give it again, and compare with an uninterrupted run byte for byte."""
     data_dir = write_binary_data(tmp_path / "data", "toy", rows=600, num_vars=16)

@@ -46,6 +46,7 @@ from overspn.data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary
 from overspn.engine.compiled import CompiledSPN, compile
 from overspn.errors import ConfigurationError, DataError, DivergenceError
 from overspn.learn.fit import History, fit
+from overspn.studies.statistics import binomial_interval, speedup, summarise_reach
 from overspn.symbolic.transforms import MIXTURE_LEAVES, mixture, overparametrize
 
 __all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", "load_study_data", "run_study",
@@ -54,6 +55,12 @@ __all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", 
 BRANCHINGS: dict[int, tuple[int, ...]] = {1: (8,), 2: (2, 4), 3: (2, 2, 2)}
 TARGET_GAP = 0.05  # nats below the best final value that count as "reached the plateau"
 CONTINUOUS_DEFAULT_DATASETS = ("wine", "breast_cancer")
+# How Gaussian components start. "perturb": mean perturbation * z, std 1 (mixture's own; on standardised data every
+# component is then the maximum-likelihood single Gaussian, a stationary point). "jitter": mean perturbation * z,
+# std exp(perturbation * z'), the continuous analogue of the indicator study's relative perturbation. "kmeans":
+# means and spreads of a k-means clustering (seed + run) of the training rows, then jittered like "jitter".
+GAUSSIAN_INITS = ("perturb", "jitter", "kmeans")
+GAUSSIAN_DEFAULTS: dict[str, Any] = {"gaussian_init": "kmeans", "perturbation": 1e-4, "iterations": 2000}
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,9 @@ class Study:
     leaf_weight: float = 0.5
     floor: float = 1e-4
     max_rows: int | None = None
+    gaussian_init: str | None = None
     checkpoint_every: int = field(default=50, compare=False)
+    runs_by_depth: tuple[int, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -98,12 +107,27 @@ class Study:
             raise ConfigurationError(f"perturbation must lie in [0, 1), got {self.perturbation!r}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ConfigurationError(f"max_rows must be >= 1, got {self.max_rows}")
+        if self.gaussian_init is not None and (self.leaf != "gaussian" or self.gaussian_init not in GAUSSIAN_INITS):
+            raise ConfigurationError(f"gaussian_init must be one of {GAUSSIAN_INITS} and needs leaf='gaussian', got "
+                                     f"{self.gaussian_init!r} with leaf {self.leaf!r}")
+        if self.runs_by_depth is not None and (len(self.runs_by_depth) != len(self.depths)
+                                               or min(self.runs_by_depth) < 1):
+            raise ConfigurationError(f"runs_by_depth needs one count >= 1 per depth {self.depths}, got "
+                                     f"{self.runs_by_depth}")
+
+    def runs_for(self, depth: int) -> int:
+        """Runs of ``depth``: ``runs_by_depth`` where given, else ``runs``."""
+        if self.runs_by_depth is None:
+            return self.runs
+        return self.runs_by_depth[self.depths.index(depth)]
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine one run's curve (the data sets and number of runs only select runs)."""
         values = asdict(self)
-        for key in ("datasets", "depths", "runs", "checkpoint_every"):
+        for key in ("datasets", "depths", "runs", "checkpoint_every", "runs_by_depth"):
             values.pop(key)
+        if values["gaussian_init"] is None:  # absent for the discrete leaves: folders of earlier versions stay valid
+            values.pop("gaussian_init")
         return values
 
 
@@ -121,8 +145,10 @@ def protocol_study(protocol: str, **overrides: Any) -> Study:
     if protocol not in PROTOCOLS:
         raise ConfigurationError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if overrides.get("leaf") == "gaussian" and "datasets" not in overrides:
-        overrides["datasets"] = CONTINUOUS_DEFAULT_DATASETS
+    if overrides.get("leaf") == "gaussian":
+        overrides.setdefault("datasets", CONTINUOUS_DEFAULT_DATASETS)
+        for key, value in GAUSSIAN_DEFAULTS.items():
+            overrides.setdefault(key, value)
     if "datasets" in overrides:
         overrides["datasets"] = tuple(overrides["datasets"])
     return replace(PROTOCOLS[protocol], **overrides)
@@ -168,10 +194,50 @@ def _check_leaf(study: Study, dataset: Dataset) -> None:
                                  "use --leaf categorical")
 
 
-def build_model(study: Study, num_vars: int, depth: int, run: int, cardinality: int = 2) -> CompiledSPN:
-    """The model of run ``run`` at ``depth``: the perturbed mixture, overparametrized, compiled in float64."""
+def kmeans(data: np.ndarray, k: int, seed: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means with k-means++ seeding: ``(k, D)`` centres and per-cluster standard deviations (at least 0.1,
+    and 1 for clusters of fewer than two rows)."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(data, dtype=np.float64)
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        distance = np.min(((x[:, None, :] - np.array(centres)[None]) ** 2).sum(-1), axis=1)
+        centres.append(x[rng.choice(len(x), p=distance / distance.sum())] if distance.sum() > 0
+                       else x[rng.integers(len(x))])
+    c = np.array(centres)
+    for _ in range(iterations):
+        label = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        moved = np.array([x[label == j].mean(axis=0) if np.any(label == j) else c[j] for j in range(k)])
+        if np.array_equal(moved, c):
+            break
+        c = moved
+    label = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+    spread = np.array([np.maximum(x[label == j].std(axis=0), 0.1) if np.sum(label == j) > 1
+                       else np.ones(x.shape[1]) for j in range(k)])
+    return c, spread
+
+
+def build_model(study: Study, num_vars: int, depth: int, run: int, cardinality: int = 2,
+                train: np.ndarray | None = None) -> CompiledSPN:
+    """The model of run ``run`` at ``depth``: the perturbed mixture, overparametrized, compiled in float64.
+
+    Gaussian leaves start as ``study.gaussian_init`` says (``GAUSSIAN_INITS``; "kmeans" needs ``train``).
+    """
     shallow = mixture(num_vars, study.components, leaf=study.leaf, seed=study.seed + run, root_weight=study.init,
                       leaf_weight=study.leaf_weight, perturbation=study.perturbation, cardinality=cardinality)
+    if study.leaf == "gaussian" and study.gaussian_init not in (None, "perturb"):
+        rng = np.random.default_rng([study.seed + run, 1])
+        if study.gaussian_init == "kmeans":
+            if train is None:
+                raise ConfigurationError("gaussian_init 'kmeans' needs the training rows")
+            centres, spreads = kmeans(train, study.components, study.seed + run)
+        else:
+            centres = np.zeros((study.components, num_vars))
+            spreads = np.ones((study.components, num_vars))
+        for k, component in enumerate(shallow.children):
+            for leaf in component.children:
+                leaf.mean = float(centres[k, leaf.var] + study.perturbation * rng.standard_normal())
+                leaf.std = float(spreads[k, leaf.var] * math.exp(study.perturbation * rng.standard_normal()))
     deep = overparametrize(shallow, BRANCHINGS[depth], init=study.init)
     return compile(deep, study.weights, floor=study.floor, dtype=torch.float64, num_vars=num_vars)
 
@@ -233,7 +299,8 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
     for dataset in datasets.values():
         _check_leaf(study, dataset)
     _check_settings(out, study)  # after the checks of the data, so that a mistyped command leaves no folder behind
-    units = [(name, depth, run) for name in study.datasets for depth in study.depths for run in range(study.runs)]
+    units = [(name, depth, run) for name in study.datasets for depth in study.depths
+             for run in range(study.runs_for(depth))]
     results: dict[tuple[str, int, int], RunResult] = {}
     for unit in units:
         found = _read_result(out / "runs" / f"{_run_name(*unit)}.json", *unit, study.iterations)
@@ -268,7 +335,7 @@ class _BarUpdates:
 def _run_one(study: Study, dataset: Dataset, name: str, depth: int, run: int, out: Path, bar: Any) -> RunResult:
     splits = [dataset.train] if dataset.test is None else [dataset.train, dataset.test]
     cardinality = max(2, max(int(np.nanmax(split)) for split in splits) + 1) if study.leaf == "categorical" else 2
-    model = build_model(study, dataset.num_vars, depth, run, cardinality)
+    model = build_model(study, dataset.num_vars, depth, run, cardinality, dataset.train)
     checkpoint_path = out / "checkpoints" / f"{_run_name(name, depth, run)}.pt"
     for folder in (out / "runs", out / "checkpoints"):
         # temporary files of this run's atomic writes interrupted by a kill (".NAME.SUFFIX.RANDOM.tmp.SUFFIX"),
@@ -312,9 +379,17 @@ def curves_table(study: Study, results: Sequence[RunResult]) -> str:
     return stream.getvalue()
 
 
-def _first_reach(curve: np.ndarray, target: float) -> int | None:
-    hits = np.flatnonzero(curve >= target)
-    return int(hits[0]) if len(hits) else None
+DEFAULT_TARGETS: dict[str, float] = {"nltcs": -7.10}  # the README's level: 0.05 nats below the -7.05 plateau
+METRICS = ("train", "test")
+
+
+def default_target(name: str, curves: dict[int, np.ndarray]) -> tuple[float, str]:
+    """The target level of data set ``name`` and how it was chosen: ``DEFAULT_TARGETS`` where given (NLTCS: -7.10),
+    otherwise ``TARGET_GAP`` nats below the best final mean over depths of the curves given."""
+    if name in DEFAULT_TARGETS:
+        return DEFAULT_TARGETS[name], f"fixed default for {name}"
+    best = max(float(c[:, -1].mean()) for c in curves.values())
+    return best - TARGET_GAP, f"best final mean over depths ({best:.4f}) minus {TARGET_GAP} nats"
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
@@ -323,53 +398,113 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
             "per_run": [float(v) for v in array]}
 
 
-def _ratio(numerator: int | None, denominator: int | None) -> float | None:
-    if numerator is None or denominator is None or denominator == 0:
-        return None
-    return numerator / denominator
+def reach_statistics(curves: Sequence[np.ndarray], target: float, seed: int = 0) -> dict[str, Any]:
+    """When a group of runs reaches ``target``: fraction (with its 95 % Wilson interval), median and quartiles of
+    the iterations of the runs that reach it, and the Kaplan-Meier median over all runs (non-reaching runs
+    right-censored at their budget; None: not reached by half of the runs)."""
+    reach = summarise_reach(list(curves), target)
+    low, high = binomial_interval(reach.reached, reach.runs)
+    return {"runs": reach.runs, "reached": reach.reached, "fraction_reached": reach.fraction_reached,
+            "fraction_reached_ci95": [low, high], "median_reached": reach.median_reached,
+            "q25_reached": reach.q25_reached, "q75_reached": reach.q75_reached, "km_median": reach.km_median,
+            "budget": reach.budget, "per_run": reach.iterations}
 
 
-def summarise(study: Study, results: Sequence[RunResult]) -> dict[str, Any]:
-    """Per data set and depth: final log-likelihoods, iterations to the plateau, speed-up against one layer.
+def speedup_statistics(baseline: Sequence[np.ndarray], other: Sequence[np.ndarray], target: float,
+                       seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """KM median of ``baseline`` / KM median of ``other`` with a 95 % percentile bootstrap interval over seeds."""
+    estimate = speedup(summarise_reach(list(baseline), target), summarise_reach(list(other), target), seed=seed,
+                       resamples=resamples)
+    return {"ratio": estimate.ratio, "ci95": [estimate.low, estimate.high],
+            "baseline_km_median": estimate.baseline_median, "other_km_median": estimate.other_median,
+            "resamples": estimate.resamples, "defined_fraction": estimate.defined_fraction}
 
-    The plateau of a data set is ``TARGET_GAP`` nats below the best final value, in two views: the mean curve over
-    runs (target: best mean final value over depths) and the paper's best-of-runs curve (target: best final value of
-    any run). Iterations are the first iteration at or above the target (None: never reached). Speed-up of depth d:
-    iterations of depth 1 divided by iterations of depth d.
+
+def _curves_of(results: Sequence[RunResult], name: str, depth: int, metric: str, budget: int | None) -> np.ndarray:
+    selected = [r for r in results if r.dataset == name and r.depth == depth]
+    if metric == "test" and any(r.history.test_llh is None for r in selected):
+        raise ConfigurationError(f"metric 'test' needs test curves, and {name} has no test split")
+    rows = [r.history.train_llh if metric == "train" else r.history.test_llh for r in selected]
+    array = np.array(rows, dtype=np.float64)
+    return array if budget is None else array[:, :budget + 1]
+
+
+def summarise(study: Study, results: Sequence[RunResult], target: float | dict[str, float] | None = None,
+              metric: str = "train", budget: int | None = None) -> dict[str, Any]:
+    """Per data set and depth: final log-likelihoods, when the runs reach the target level, speed-ups.
+
+    ``target``: the level (one number, or one per data set); default :func:`default_target`. ``metric``: the curve
+    compared with it, "train" (the README's) or "test". ``budget``: count only the first ``budget`` iterations
+    (default: all). A run *reaches* the target at the first iteration whose value is >= the target; one that never
+    does is censored at the budget. Speed-up of depth d: KM median of depth 1 / KM median of depth d, with a
+    bootstrap interval over seeds (resampled within each depth).
     """
+    if metric not in METRICS:
+        raise ConfigurationError(f"metric must be one of {METRICS}, got {metric!r}")
+    if budget is not None and not 1 <= budget <= study.iterations:
+        raise ConfigurationError(f"budget must lie in [1, {study.iterations}], got {budget}")
     summary: dict[str, Any] = {"protocol": study.protocol, "settings": study.settings(), "runs": study.runs,
-                               "target_gap_nats": TARGET_GAP, "datasets": {}}
+                               "metric": metric, "budget": budget or study.iterations, "datasets": {}}
     for name in study.datasets:
-        curves = {depth: np.array([r.history.train_llh for r in results if r.dataset == name and r.depth == depth])
-                  for depth in study.depths}
-        tests = {depth: [r.history.test_llh[-1] for r in results if r.dataset == name and r.depth == depth
-                         and r.history.test_llh is not None] for depth in study.depths}
-        seconds = {depth: [r.seconds for r in results if r.dataset == name and r.depth == depth]
-                   for depth in study.depths}
-        mean_target = max(float(c[:, -1].mean()) for c in curves.values()) - TARGET_GAP
-        best_target = max(float(c[:, -1].max()) for c in curves.values()) - TARGET_GAP
-        reach_mean = {d: _first_reach(c.mean(axis=0), mean_target) for d, c in curves.items()}
-        reach_best = {d: _first_reach(c[int(np.argmax(c[:, -1]))], best_target) for d, c in curves.items()}
-        entry: dict[str, Any] = {"initial_train_llh": float(curves[study.depths[0]][:, 0].mean()),
-                                 "mean_curve_target": mean_target, "best_run_target": best_target, "depths": {}}
-        for depth, curve in curves.items():
+        curves = {d: _curves_of(results, name, d, metric, budget) for d in study.depths}
+        finals = {d: _curves_of(results, name, d, "train", None)[:, -1] for d in study.depths}
+        tests = {d: [r.history.test_llh[-1] for r in results if r.dataset == name and r.depth == d
+                     and r.history.test_llh is not None] for d in study.depths}
+        seconds = {d: [r.seconds for r in results if r.dataset == name and r.depth == d] for d in study.depths}
+        if target is None:
+            level, rule = default_target(name, curves)
+        else:
+            level = target[name] if isinstance(target, dict) else float(target)
+            rule = "given"
+        entry: dict[str, Any] = {"initial_llh": float(curves[study.depths[0]][:, 0].mean()), "target": level,
+                                 "target_rule": rule, "depths": {}}
+        for depth in study.depths:
             entry["depths"][str(depth)] = {
                 "branching": list(BRANCHINGS[depth]),
-                "final_train_llh": _stats(curve[:, -1]),
+                "runs": int(curves[depth].shape[0]),
+                "final_train_llh": _stats(finals[depth]),
                 "final_test_llh": _stats(tests[depth]) if tests[depth] else None,
-                "iterations_to_target": {
-                    "mean_curve": reach_mean[depth],
-                    "best_run": reach_best[depth],
-                    "per_run_to_mean_curve_target": [_first_reach(c, mean_target) for c in curve],
-                },
-                "speedup_vs_depth1": {
-                    "mean_curve": _ratio(reach_mean.get(1), reach_mean[depth]),
-                    "best_run": _ratio(reach_best.get(1), reach_best[depth]),
-                },
+                "reach": reach_statistics(curves[depth], level),
+                "speedup_vs_depth1": (speedup_statistics(curves[1], curves[depth], level, seed=study.seed)
+                                      if 1 in curves and depth != 1 else None),
                 "seconds_per_run": _stats(seconds[depth]),
             }
         summary["datasets"][name] = entry
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> list[str]:
+    """The lines ``overspn reproduce`` prints for a summary."""
+
+    def number(value: float | None, spec: str = ".0f") -> str:
+        return "not reached" if value is None else format(value, spec)
+
+    lines = []
+    for name, entry in summary["datasets"].items():
+        lines.append(f"{name}: initial {summary['metric']} log-likelihood {entry['initial_llh']:.4f}; target "
+                     f"{entry['target']:.4f} ({entry['target_rule']}) on the {summary['metric']} curve within "
+                     f"{summary['budget']} iterations")
+        for depth, values in entry["depths"].items():
+            final, test, reach = values["final_train_llh"], values["final_test_llh"], values["reach"]
+            low, high = reach["fraction_reached_ci95"]
+            test_text = f", test {test['mean']:.4f} ± {test['std']:.4f}" if test else ""
+            quartiles = (f"median {number(reach['median_reached'])} (quartiles {number(reach['q25_reached'])}–"
+                         f"{number(reach['q75_reached'])})" if reach["reached"] else "none")
+            lines.append(f"  depth {depth} {tuple(values['branching'])}, {values['runs']} runs: final train "
+                         f"{final['mean']:.4f} ± {final['std']:.4f}{test_text}; reached the target "
+                         f"{reach['reached']}/{reach['runs']} (95 % CI {low:.2f}–{high:.2f}); iterations of those "
+                         f"that reached: {quartiles}; Kaplan–Meier median over all runs "
+                         f"{number(reach['km_median'])}")
+            speed = values["speedup_vs_depth1"]
+            if speed is not None:
+                ci = speed["ci95"]
+                interval = f" (95 % bootstrap CI {ci[0]:.2f}–{ci[1]:.2f})" if ci[0] is not None else " (no CI)"
+                medians = (speed["baseline_km_median"], speed["other_km_median"])
+                value = (number(speed["ratio"], ".2f") + interval if speed["ratio"] is not None
+                         else "undefined (a median of 0)" if None not in medians else "not reached")
+                lines.append(f"    speed-up vs depth 1 (KM medians {number(medians[0])} / {number(medians[1])}): "
+                             f"{value}")
+    return lines
 
 
 def plot_study(study: Study, results: Sequence[RunResult], name: str, path: str | Path) -> None:
@@ -411,11 +546,13 @@ def plot_study(study: Study, results: Sequence[RunResult], name: str, path: str 
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def write_outputs(study: Study, results: Sequence[RunResult], out: str | Path) -> dict[str, Any]:
+def write_outputs(study: Study, results: Sequence[RunResult], out: str | Path,
+                  target: float | dict[str, float] | None = None, metric: str = "train",
+                  budget: int | None = None) -> dict[str, Any]:
     """``curves.csv``, ``summary.json`` and ``NAME.png`` per data set, all written atomically; returns the summary."""
     out = Path(out)
     atomic_write_text(out / "curves.csv", curves_table(study, results))
-    summary = summarise(study, results)
+    summary = summarise(study, results, target, metric, budget)
     atomic_write_json(out / "summary.json", summary)
     for name in study.datasets:
         plot_study(study, results, name, out / f"{name}.png")

@@ -353,8 +353,18 @@ class Tracer:
 
     def eta_scaling(self, etas: Sequence[float]) -> list[dict[str, float]]:
         """Residual of the first-order prediction for one unclamped gradient step (weights may leave the floor or
-        turn negative) of each size in ``etas`` from the
-        current state (which is left unchanged): rows ``formula, eta, residual, absolute``."""
+        turn negative) of each size in ``etas`` from the current state (which is left unchanged): rows
+        ``formula, eta, residual, absolute, change``.
+
+        Formulas "general" and "paper" take the actual step and the prediction from ONE gradient, the shallow
+        gradient ``g``: the edges move by ``eta G_e`` with ``G_e = sum_j (w_j / a_e) g_j``, exactly what a gradient
+        step of the deep model does in exact arithmetic, so the residual is the expansion's own (second order in
+        ``eta``). "general_deep_step" takes the actual step from the deep model's autograd gradient instead: in
+        float64 the two gradients differ by rounding, which at a nearly symmetric state (the paper's start, where
+        every ``g_k`` is close to 0) is a few percent of the gradient and sets a floor on that residual; its value
+        at the smallest ``eta`` is that noise level. ``resolution`` is float64's resolution of the weights,
+        ``eps ||w||``: an absolute residual within a few times it is rounding, not the expansion's error.
+        """
         values, gradient, _ = self.state()
         parameters = list(self.model.parameters())
         self.model.zero_grad()
@@ -371,10 +381,15 @@ class Tracer:
                 for parameter, value in zip(parameters, saved):
                     parameter.copy_(value)
             expansion = expand(self.factorisation, values, gradient, eta)
-            actual = _change(self.factorisation, expansion.weights, values, stepped)
-            for formula, predicted in (("general", expansion.general), ("paper", expansion.paper)):
+            one_gradient = _change(self.factorisation, expansion.weights, values,
+                                   values + eta * expansion.edge_gradient)
+            deep_step = _change(self.factorisation, expansion.weights, values, stepped)
+            for formula, actual, predicted in (("general", one_gradient, expansion.general),
+                                               ("paper", one_gradient, expansion.paper),
+                                               ("general_deep_step", deep_step, expansion.general)):
                 rows.append({"formula": formula, "eta": float(eta), "residual": relative_residual(actual, predicted),
                              "absolute": float(np.linalg.norm(actual - predicted)),
-                             "change": float(np.linalg.norm(actual))})
+                             "change": float(np.linalg.norm(actual)),
+                             "resolution": float(np.finfo(np.float64).eps * np.linalg.norm(expansion.weights))})
         self.model.zero_grad()
         return rows
