@@ -148,6 +148,17 @@ def _ci(pair: list[float | None], spec: str) -> str:
     return "—" if pair[0] is None else f"{_n(pair[0], spec)}–{_n(pair[1], spec)}"
 
 
+def _speed(value: dict[str, Any] | None) -> str:
+    """Ratio (CI); where some bootstrap resamples had a median not reached, the share that had one (the interval is
+    conditional on it)."""
+    if value is None:
+        return "—"
+    text = f"{_n(value['ratio'], '.2f')} ({_ci(value['ci95'], '.2f')})"
+    if value["ratio"] is not None and value["defined_fraction"] < 0.995:
+        text += f", defined in {100 * value['defined_fraction']:.0f} % of resamples"
+    return text
+
+
 def paper_table(paper: dict[str, Any]) -> str:
     entry = paper["datasets"]["nltcs"]
     lines = ["| layers | seeds | train at 500 | test at 500 | reached −7.10 within 500 (95 % CI) | iterations of those "
@@ -156,7 +167,7 @@ def paper_table(paper: dict[str, Any]) -> str:
     for depth, values in entry["depths"].items():
         reach, speed = values["reach"], values["speedup_vs_depth1"]
         train, test = values["train_at_budget"], values["test_at_budget"]
-        speed_text = "—" if speed is None else f"{_n(speed['ratio'], '.2f')} ({_ci(speed['ci95'], '.2f')})"
+        speed_text = _speed(speed)
         lines.append(
             f"| {depth} {tuple(values['branching'])} | {values['runs']} | {_n(train['mean'], '.3f')} ± "
             f"{train['std']:.3f} | {_n(test['mean'], '.3f')} ± {test['std']:.3f} | {reach['reached']}/{reach['runs']} "
@@ -176,13 +187,13 @@ def sweep_table(sweep: dict[str, Any]) -> str:
             def speed(depth: str, depths: dict[str, Any] = depths) -> str:
                 if depth not in depths:
                     return "—"
-                value = depths[depth]["speedup_vs_depth1"]
-                return f"{_n(value['ratio'], '.2f')} ({_ci(value['ci95'], '.2f')})"
+                return _speed(depths[depth]["speedup_vs_depth1"])
 
             seeds = " / ".join(str(depths[d]["runs"]) if d in depths else "—" for d in ("1", "2", "3"))
             one = depths["1"]["reach"]
             lines.append(f"| {row['perturbation']:g} | {budget} | {seeds} | {one['reached']}/{one['runs']} | "
-                         f"{_n(one['km_median'])} / {_n(depths['3']['reach']['km_median'])} | {speed('3')} | "
+                         f"{_n(one['km_median'])} / "
+                         f"{_n(depths['3']['reach']['km_median']) if '3' in depths else '—'} | {speed('3')} | "
                          f"{speed('2')} |")
     return "\n".join(lines)
 
@@ -194,7 +205,7 @@ def gaussian_table(gaussian: dict[str, Any]) -> str:
         for depth, values in entry["depths"].items():
             reach, speed = values["reach"], values["speedup_vs_depth1"]
             final, test = values["final_train_llh"], values["final_test_llh"]
-            speed_text = "—" if speed is None else f"{_n(speed['ratio'], '.2f')} ({_ci(speed['ci95'], '.2f')})"
+            speed_text = _speed(speed)
             lines.append(f"| {name} | {depth} | {values['runs']} | {_n(final['mean'], '.2f')} ± {final['std']:.2f} | "
                          f"{_n(test['mean'], '.2f')} ± {test['std']:.2f} | {_n(entry['target'], '.2f')} | "
                          f"{reach['reached']}/{reach['runs']} | {_n(reach['km_median'])} | {speed_text} |")

@@ -178,8 +178,9 @@ def plot_sweep(outcomes: Sequence[tuple[Study, Sequence[RunResult]]], summary: d
     right.set_title("Kaplan–Meier: runs still below the target", fontsize=9)
     right.legend(fontsize=6, ncol=2)
     right.grid(alpha=0.3)
+    depths = sorted({depth for study, _ in outcomes for depth in study.depths})
     figure.suptitle(f"{name}: perturbation sweep ({summary['protocol']} protocol, "
-                    f"{', '.join(str(d) for d in BRANCHINGS)} layers)", fontsize=10)
+                    f"{', '.join(f'{d} {BRANCHINGS[d]}' for d in depths)})", fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
