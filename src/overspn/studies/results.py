@@ -60,6 +60,8 @@ def paper_part(folder: Path, out: Path) -> dict[str, Any]:
         values["test_at_budget"] = {"mean": float(tests[:, PAPER_BUDGET].mean()),
                                     "std": float(tests[:, PAPER_BUDGET].std(ddof=1))}
         values["slow_runs"] = _slow_runs(curves, entry["target"], PAPER_BUDGET)
+        # the plain step on raw weights against the floor: the largest fall of a curve in one iteration
+        values["largest_one_step_drop"] = float(np.max(curves[:, :-1] - curves[:, 1:]))
     initial = np.array([r.history.train_llh[0] for r in results])
     summary["initial_train_llh"] = {"min": float(initial.min()), "max": float(initial.max()),
                                     "log_half_times_16": float(16 * np.log(0.5))}
