@@ -16,7 +16,8 @@ import math
 import os
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import chain, compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,23 @@ from overspn.limits import (
     load_limit,
 )
 from overspn.symbolic.structure import (
+    BERNOULLI,
+    CATEGORICAL,
+    GAUSSIAN,
+    INDICATOR,
+    PRODUCT,
+    SUM,
     Bernoulli,
     Categorical,
     Gaussian,
     Indicator,
     Node,
     Product,
+    FlatStructure,
     Sum,
+    _permute,
+    _postorder,
+    check_flat,
     topological_order,
 )
 
@@ -98,6 +109,107 @@ def structure_from_dict(description: dict[str, Any]) -> Node:
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise ModelFileError(f"node {number} is malformed ({type(error).__name__}: {error})") from error
     return built[-1]
+
+
+_KIND_CODES = {"Indicator": INDICATOR, "Bernoulli": BERNOULLI, "Categorical": CATEGORICAL, "Gaussian": GAUSSIAN,
+               "Sum": SUM, "Product": PRODUCT}
+
+
+def flat_structure_from_dict(description: Any) -> FlatStructure | None:
+    """The flat form of a valid structure description, read with numpy over all entries at once; None when the
+    description is anything but plainly well-formed and valid (:func:`structure_from_dict` and ``validate`` then
+    find and name the problem node by node)."""
+    try:
+        return _flat_from_dict(description)
+    except (TypeError, ValueError, OverflowError, KeyError, IndexError):
+        return None
+
+
+def _flat_from_dict(description: Any) -> FlatStructure | None:
+    if not isinstance(description, dict) or not isinstance(description.get("nodes"), list):
+        return None
+    entries = description["nodes"]
+    n = len(entries)
+    if not n or set(map(type, entries)) != {dict}:
+        return None
+
+    def column(rows: Iterable[dict[str, Any]], key: str) -> list[Any]:
+        return list(map(dict.get, rows, repeat(key)))
+
+    def numbers(values: list[Any], integer: bool = False) -> np.ndarray | None:
+        accepted = {int} if integer else {int, float}
+        if not set(map(type, values)) <= accepted:
+            return None
+        return np.array(values, dtype=np.int64 if integer else np.float64).reshape(len(values))
+
+    kind = np.fromiter(map(_KIND_CODES.get, column(entries, "type"), repeat(-1)), np.int8, n)
+    names = column(entries, "name")
+    if (kind < 0).any() or not set(map(type, names)) <= {type(None), str}:
+        return None
+
+    def rows(*codes: int) -> list[dict[str, Any]]:
+        return list(compress(entries, np.isin(kind, codes).tolist()))
+
+    inner = kind >= SUM
+    children = column(rows(SUM, PRODUCT), "children")
+    if children and set(map(type, children)) != {list}:
+        return None
+    count = np.zeros(n, np.int64)
+    count[inner] = np.fromiter(map(len, children), np.int64, len(children))
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(count, out=ptr[1:])
+    child = numbers(list(chain.from_iterable(children)), integer=True)
+    if child is None or ((child < 0) | (child >= np.repeat(np.arange(n), count))).any():
+        return None
+    weight_lists = column(rows(SUM), "weights")
+    if weight_lists and set(map(type, weight_lists)) != {list}:
+        return None
+    weight_count = np.zeros(n, np.int64)
+    weight_count[kind == SUM] = np.fromiter(map(len, weight_lists), np.int64, len(weight_lists))
+    weight_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(weight_count, out=weight_ptr[1:])
+    own = numbers(list(chain.from_iterable(weight_lists)))
+    leaves = ~inner
+    var = np.full(n, -1, np.int64)
+    leaf_var = numbers(column(rows(INDICATOR, BERNOULLI, CATEGORICAL, GAUSSIAN), "var"), integer=True)
+    value = np.full(n, -1, np.int64)
+    indicator_value = numbers(column(rows(INDICATOR), "value"), integer=True)
+    p = np.full(n, np.nan)
+    bernoulli_p = numbers(column(rows(BERNOULLI), "p"))
+    mean, std = np.full(n, np.nan), np.full(n, np.nan)
+    gaussian_mean, gaussian_std = numbers(column(rows(GAUSSIAN), "mean")), numbers(column(rows(GAUSSIAN), "std"))
+    probs_lists = column(rows(CATEGORICAL), "probs")
+    if any(x is None for x in (own, leaf_var, indicator_value, bernoulli_p, gaussian_mean, gaussian_std)) or (
+            probs_lists and set(map(type, probs_lists)) != {list}):
+        return None
+    if (leaf_var < 0).any() or (indicator_value < 0).any():
+        return None
+    probs = [numbers(values) for values in probs_lists]
+    if any(values is None for values in probs):
+        return None
+    var[leaves], value[kind == INDICATOR], p[kind == BERNOULLI] = leaf_var, indicator_value, bernoulli_p
+    mean[kind == GAUSSIAN], std[kind == GAUSSIAN] = gaussian_mean, gaussian_std
+    # the nodes reachable from the last one, in the order topological_order gives the structure it describes
+    order = _postorder(ptr, child, n - 1)
+    if order is None:
+        return None
+    if len(order) != n or not np.array_equal(order, np.arange(n)):
+        ptr, child = _permute(ptr, child, order)
+        own_parts = np.split(own, weight_ptr[1:-1])
+        kept = order.tolist()
+        own = np.concatenate([own_parts[i] for i in kept]) if len(own) else own
+        weight_count = weight_count[order]
+        weight_ptr = np.zeros(len(order) + 1, np.int64)
+        np.cumsum(weight_count, out=weight_ptr[1:])
+        is_categorical = (kind == CATEGORICAL).tolist()
+        categorical_number = np.cumsum(kind == CATEGORICAL) - 1
+        probs = [probs[categorical_number[i]] for i in kept if is_categorical[i]]
+        names = [names[i] for i in kept]
+        kind, var, value, p, mean, std = kind[order], var[order], value[order], p[order], mean[order], std[order]
+    for values in probs:
+        values.setflags(write=False)
+    flat = FlatStructure(kind, ptr, child, var, value, own, weight_ptr, p, mean, std, probs, names, None)
+    return flat if check_flat(flat, None) else None
 
 
 def _node_from_entry(entry: Any, number: int, built: list[Node]) -> Node:

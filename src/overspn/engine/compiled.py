@@ -24,7 +24,6 @@ batch, so one pass serves data and partition function alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,18 +38,26 @@ from overspn.engine.inputs import DiscreteInputs, GaussianInputs
 from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProductLayer
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
-from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Indicator, Leaf, Node, Product, Sum, validate
+from overspn.symbolic.structure import (
+    BERNOULLI,
+    CATEGORICAL,
+    GAUSSIAN,
+    INDICATOR,
+    PRODUCT,
+    SUM,
+    Bernoulli,
+    Categorical,
+    FlatStructure,
+    Gaussian,
+    Indicator,
+    Node,
+    Product,
+    Sum,
+    _edges_of,
+    flatten,
+)
 
 __all__ = ["compile_structure", "compile", "CompiledSPN"]
-
-
-@dataclass(frozen=True)
-class _NodeRecord:
-    """Where a symbolic node's parameters live in the compiled program, to rebuild the structure."""
-
-    node: Node
-    children: tuple[int, ...]
-    location: tuple[str, int, int]  # (component, layer index or -1, row)
 
 
 class CompiledSPN(SPNModule):
@@ -69,24 +76,29 @@ class CompiledSPN(SPNModule):
     #: evaluate through one flat tensor of node values when autograd is off (see the class docstring)
     flat_outputs: bool = True
 
-    def __init__(self, root: Node, weights: str = "raw", floor: float = DEFAULT_FLOOR,
+    def __init__(self, root: Node | FlatStructure, weights: str = "raw", floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32, num_vars: int | None = None, fast: bool = True):
         if num_vars is not None and (isinstance(num_vars, bool) or not isinstance(num_vars, (int, np.integer))):
             raise ConfigurationError(f"num_vars must be an int, got {num_vars!r}")
-        order = validate(root)
-        leaves = [n for n in order if isinstance(n, Leaf)]
-        max_var = max(n.var for n in leaves)
+        # a FlatStructure comes checked (from a model file); a node is checked here
+        flat = root if isinstance(root, FlatStructure) else flatten(root)
+        kind = flat.kind
+        leaves = kind < SUM
+        max_var = int(flat.var[leaves].max())
         if num_vars is None:
             num_vars = max_var + 1
         elif num_vars <= max_var:
             raise StructureError(f"num_vars={num_vars} but the structure uses variable x{max_var}")
         cardinality = np.zeros(num_vars, dtype=np.int64)  # 0 marks a continuous (or unused) variable
-        for leaf in leaves:
-            if leaf.is_discrete:
-                cardinality[leaf.var] = max(cardinality[leaf.var], leaf.cardinality)  # type: ignore[attr-defined]
+        leaf_card = np.where(kind == INDICATOR, flat.value + 1, 0)
+        leaf_card[kind == BERNOULLI] = 2
+        if flat.probs:
+            leaf_card[kind == CATEGORICAL] = np.fromiter(map(len, flat.probs), np.int64, len(flat.probs))
+        discrete_leaf = leaves & (kind != GAUSSIAN)
+        np.maximum.at(cardinality, flat.var[discrete_leaf], leaf_card[discrete_leaf])
         super().__init__(num_vars, cardinality, weights, floor, dtype)
         self.fast = fast
-        self._build(order, num_vars, dtype)
+        self._build(flat, num_vars, dtype)
         self._check_representable(dtype)
 
     def _check_representable(self, dtype: torch.dtype) -> None:
@@ -103,71 +115,86 @@ class CompiledSPN(SPNModule):
 
     # -- construction --------------------------------------------------------------------------------------------
 
-    def _build(self, order: list[Node], num_vars: int, dtype: torch.dtype) -> None:
+    def _build(self, flat: FlatStructure, num_vars: int, dtype: torch.dtype) -> None:
+        """Group the nodes into layers with numpy over the flat form (no per-node Python)."""
         card = self.cardinality
+        kind, ptr, child, parent, count = flat.kind, flat.ptr, flat.child, flat.parent, flat.count
+        n = len(flat)
+        # sums whose children are indicators of one variable are discrete inputs ("indicator sums")
+        child_var = flat.var[child]
+        not_indicator = np.bincount(parent, kind[child] != INDICATOR, minlength=n) > 0
+        nonempty = np.flatnonzero(count > 0)
+        same_var = np.zeros(n, bool)
+        if len(nonempty):
+            low = np.minimum.reduceat(child_var, ptr[nonempty])
+            high = np.maximum.reduceat(child_var, ptr[nonempty])
+            same_var[nonempty] = low == high
+        indicator_sum = (kind == SUM) & (count > 0) & ~not_indicator & same_var
+        groups_of_inputs = [np.flatnonzero(kind == INDICATOR), np.flatnonzero(kind == BERNOULLI),
+                            np.flatnonzero(kind == CATEGORICAL), np.flatnonzero(indicator_sum)]
+        discrete = np.concatenate(groups_of_inputs)
+        gaussians = np.flatnonzero(kind == GAUSSIAN)
+        inputs = np.zeros(n, bool)
+        inputs[discrete] = True
+        inputs[gaussians] = True
+        inner = ~inputs  # sums and products that are not indicator sums
+        layer_of = np.full(n, -1, np.int64)  # node -> (layer output index, column)
+        col_of = np.full(n, -1, np.int64)
+        layer_of[discrete], col_of[discrete] = 0, np.arange(len(discrete))
+        layer_of[gaussians], col_of[gaussians] = 1, np.arange(len(gaussians))
+        var_of = flat.var.copy()
+        var_of[indicator_sum] = child_var[ptr[:-1][indicator_sum]]
+        self.discrete = None
+        if len(discrete):
+            sums = groups_of_inputs[3]
+            edges, owner = _edges_of(ptr, sums)
+            self.discrete = DiscreteInputs(
+                card, self.parametrisation, dtype, indicator_values=flat.value[groups_of_inputs[0]],
+                bernoulli_p=flat.p[groups_of_inputs[1]], categorical_probs=flat.probs,
+                sum_owner=owner, sum_values=flat.value[child[edges]], sum_weights=flat.weights[edges],
+                num_sums=len(sums))
+        self.gaussian = GaussianInputs(flat.mean[gaussians], flat.std[gaussians], flat.var[gaussians],
+                                       dtype) if len(gaussians) else None
+        self.register_buffer("discrete_vars", torch.from_numpy(var_of[discrete]), persistent=False)
 
-        def is_indicator_sum(node: Node) -> bool:
-            return (isinstance(node, Sum) and all(isinstance(c, Indicator) for c in node.children)
-                    and len({c.var for c in node.children}) == 1)  # type: ignore[attr-defined]
-
-        discrete = [n for n in order if (isinstance(n, Leaf) and n.is_discrete) or is_indicator_sum(n)]
-        gaussians = [n for n in order if isinstance(n, Gaussian)]
-        inner = [n for n in order if isinstance(n, (Sum, Product)) and not is_indicator_sum(n)]
-        position: dict[Node, tuple[int, int]] = {}  # node -> (layer output index, column)
-        var_of: dict[Node, int] = {}
-        self.discrete = DiscreteInputs(discrete, card, self.parametrisation, dtype) if discrete else None
-        self.gaussian = GaussianInputs(gaussians, dtype) if gaussians else None
-        # output 0 = gathered discrete inputs, output 1 = Gaussian inputs (empty tensors when absent)
-        if self.discrete is not None:
-            for row, node in enumerate(self.discrete.order):
-                position[node] = (0, row)
-                var_of[node] = node.var if isinstance(node, Leaf) else node.children[0].var  # type: ignore[attr-defined]
-        if self.gaussian is not None:
-            for col, node in enumerate(self.gaussian.order):
-                position[node] = (1, col)
-        self.register_buffer(
-            "discrete_vars",
-            torch.tensor([var_of[n] for n in self.discrete.order] if self.discrete else [], dtype=torch.long),
-            persistent=False)
-
-        height: dict[Node, int] = {n: 0 for n in discrete + gaussians}
-        for node in inner:
-            height[node] = 1 + max(height[c] for c in node.children)
-        tabular = [n for n in inner if self.discrete is not None and isinstance(n, Product)
-                   and all(position.get(c, (-1,))[0] == 0 for c in n.children)] if self.fast else []
-        tabular_set = set(tabular)
-        groups: dict[tuple[int, str], list[Node]] = {}
-        for node in inner:
-            if node not in tabular_set:
-                groups.setdefault((height[node], type(node).__name__), []).append(node)
-
-        widths = [len(self.discrete.order) if self.discrete else 0, len(gaussians)]
+        height = flat.levels(inputs)
+        widths = [len(discrete), len(gaussians)]
+        tabular = np.zeros(0, np.int64)
+        if self.fast and self.discrete is not None:
+            candidates = inner & (kind == PRODUCT)
+            tabular = np.flatnonzero(candidates & (np.bincount(parent, layer_of[child] != 0, minlength=n) == 0))
+        in_tabular = np.zeros(n, bool)
+        in_tabular[tabular] = True
         self.layers = nn.ModuleList()
         self.tabular: TabularProductLayer | None = None
-        if tabular:
-            products = np.concatenate([[p] * len(n.children) for p, n in enumerate(tabular)]).astype(np.int64)
-            rows = np.array([position[c][1] for n in tabular for c in n.children], dtype=np.int64)
-            vars_ = np.array([var_of[c] for n in tabular for c in n.children], dtype=np.int64)
-            generic = ProductLayer(self._children(tabular, position, widths))
-            self.tabular = TabularProductLayer(num_vars, card, len(self.discrete.order), rows, vars_, products,
+        if len(tabular):
+            edges, owner = _edges_of(ptr, tabular)
+            rows = col_of[child[edges]]
+            generic = ProductLayer(self._gather(flat, tabular, layer_of, col_of, widths))
+            self.tabular = TabularProductLayer(num_vars, card, len(discrete), rows, var_of[child[edges]], owner,
                                                len(tabular), generic)
             widths.append(len(tabular))
-            for col, node in enumerate(tabular):
-                position[node] = (2, col)
+            layer_of[tabular], col_of[tabular] = 2, np.arange(len(tabular))
         self._first_inner_output = len(widths)
-        for key in sorted(groups):
-            nodes = groups[key]
-            gather = self._children(nodes, position, widths)
-            if key[1] == "Sum":
-                layer: nn.Module = SumLayer(gather, SumWeights([n.weights for n in nodes], self.parametrisation, dtype))
+        # layers: inner nodes grouped by (height, type), products before sums of one height, nodes in order
+        rest = np.flatnonzero(inner & ~in_tabular)
+        is_sum = (kind[rest] == SUM).astype(np.int64)
+        rest = rest[np.lexsort((rest, is_sum, height[rest]))]
+        key = height[rest] * 2 + (kind[rest] == SUM)
+        bounds = np.flatnonzero(np.diff(key)) + 1
+        for nodes in np.split(rest, bounds) if len(rest) else []:
+            gather = self._gather(flat, nodes, layer_of, col_of, widths)
+            if kind[nodes[0]] == SUM:
+                edges, _ = _edges_of(ptr, nodes)
+                weights = np.split(flat.weights[edges], np.cumsum(count[nodes])[:-1])
+                layer: nn.Module = SumLayer(gather, SumWeights(weights, self.parametrisation, dtype))
             else:
                 layer = ProductLayer(gather)
             output = len(widths)
             self.layers.append(layer)
             widths.append(len(nodes))
-            for col, node in enumerate(nodes):
-                position[node] = (output, col)
-        self._root_position = position[order[-1]]
+            layer_of[nodes], col_of[nodes] = output, np.arange(len(nodes))
+        self._root_position = (int(layer_of[n - 1]), int(col_of[n - 1]))
         # the flat layout: output k in columns offsets[k] .. offsets[k] + widths[k] of one (N, total) tensor
         offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64).tolist()
         self._flat_offsets, self._flat_widths, self._flat_total = offsets[:-1], list(widths), offsets[-1]
@@ -177,43 +204,31 @@ class CompiledSPN(SPNModule):
         # whether the fast path needs the per-sample discrete input values besides the tabular products
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
             0 in layer.children_.sources for layer in self.layers)
-        self._records = self._make_records(order, position, tabular_set)
+        # what to_structure needs: the structure's arrays and where every node's parameters live
+        self._structure = flat
+        self._layer_of, self._col_of = layer_of, col_of
+        self._first_indicator_sum = len(discrete) - len(groups_of_inputs[3])
 
     @staticmethod
-    def _children(nodes: list[Node], position: dict[Node, tuple[int, int]], widths: list[int]) -> Gather:
-        sources = sorted({position[c][0] for n in nodes for c in n.children})
-        offsets, offset = {}, 0
+    def _gather(flat: FlatStructure, nodes: np.ndarray, layer_of: np.ndarray, col_of: np.ndarray,
+                widths: list[int]) -> Gather:
+        edges, owner = _edges_of(flat.ptr, nodes)
+        children = flat.child[edges]
+        source_layer = layer_of[children]
+        sources = np.unique(source_layer).tolist()
+        offset_of = np.zeros(len(widths), np.int64)
+        offset = 0
         for source in sources:
-            offsets[source] = offset
+            offset_of[source] = offset
             offset += widths[source]
-        arity = max(len(n.children) for n in nodes)
+        count = flat.count[nodes]
+        arity = int(count.max())
         index = np.zeros((len(nodes), arity), dtype=np.int64)
         pad = np.ones((len(nodes), arity), dtype=bool)
-        for row, node in enumerate(nodes):
-            for col, child in enumerate(node.children):
-                layer, column = position[child]
-                index[row, col] = offsets[layer] + column
-                pad[row, col] = False
-        return Gather(sources, index, pad, offset)
-
-    def _make_records(self, order: list[Node], position: dict[Node, tuple[int, int]],
-                      tabular: set[Node]) -> list[_NodeRecord]:
-        number = {node: i for i, node in enumerate(order)}
-        discrete_rows = {n: r for r, n in enumerate(self.discrete.order)} if self.discrete else {}
-        records = []
-        for node in order:
-            children = tuple(number[c] for c in node.children)
-            if node in discrete_rows:
-                location = ("discrete", -1, discrete_rows[node])
-            elif isinstance(node, Gaussian):
-                location = ("gaussian", -1, position[node][1])
-            elif node in tabular:
-                location = ("tabular", -1, position[node][1])
-            else:
-                layer, column = position[node]
-                location = ("layer", layer - self._first_inner_output, column)
-            records.append(_NodeRecord(node, children, location))
-        return records
+        column = np.arange(len(edges)) - (np.cumsum(count) - count)[owner]
+        index[owner, column] = offset_of[source_layer] + col_of[children]
+        pad[owner, column] = False
+        return Gather(sources, index, pad, offset, [widths[source] for source in sources])
 
     # -- data and evaluation ---------------------------------------------------------------------------------------
 
@@ -294,35 +309,43 @@ class CompiledSPN(SPNModule):
     @torch.no_grad()
     def to_structure(self) -> Node:
         """The symbolic structure with the current parameters (a new graph; sharing is preserved)."""
+        flat = self._structure
+        kind, ptr, child, names = flat.kind.tolist(), flat.ptr.tolist(), flat.child.tolist(), flat.names
+        layer_of, col_of = self._layer_of.tolist(), self._col_of.tolist()
         discrete_weights = None
         if self.discrete is not None and self.discrete.num_indicator_sums:
             discrete_weights = self.discrete.indicator_sum_weights.weights().double().cpu().numpy()
-        layer_weights = {i: layer.weights.weights().double().cpu().numpy()
+        layer_weights = {i + self._first_inner_output: layer.weights.weights().double().cpu().numpy()
                          for i, layer in enumerate(self.layers) if isinstance(layer, SumLayer)}
+        if self.discrete is not None and self.discrete.num_bernoulli:
+            bernoulli_p = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy()
+        if self.discrete is not None and self.discrete.num_categorical:
+            table = self.discrete.table().double()
+        if self.gaussian is not None:
+            mean = self.gaussian.mean.double().cpu().numpy()
+            std = torch.exp(self.gaussian.log_std.double()).cpu().numpy()
+        var, value = flat.var.tolist(), flat.value.tolist()
         built: list[Node] = []
-        for record in self._records:
-            node, kind = record.node, record.location[0]
-            children = [built[i] for i in record.children]
-            row = record.location[2]
-            if isinstance(node, Indicator):
-                new: Node = Indicator(node.var, node.value, name=node.name)
-            elif isinstance(node, Bernoulli):
-                logit = self.discrete.bernoulli_logit[row - self.discrete.num_indicators]
-                new = Bernoulli(node.var, float(torch.sigmoid(logit.double())), name=node.name)
-            elif isinstance(node, Categorical):
-                table = self.discrete.table()[row, : node.cardinality]
-                probs = torch.softmax(table.double(), dim=0).cpu().numpy()
-                new = Categorical(node.var, probs, name=node.name)
-            elif isinstance(node, Gaussian):
-                new = Gaussian(node.var, float(self.gaussian.mean[row]),
-                               float(torch.exp(self.gaussian.log_std[row].double())), name=node.name)
-            elif isinstance(node, Product):
-                new = Product(children, name=node.name)
-            elif kind == "discrete":
-                first = len(self.discrete.order) - self.discrete.num_indicator_sums
-                new = Sum(children, discrete_weights[row - first, : len(children)], name=node.name)
+        for i, node_kind in enumerate(kind):
+            row, name = col_of[i], names[i]
+            if node_kind == INDICATOR:
+                new: Node = Indicator(var[i], value[i], name=name)
+            elif node_kind == BERNOULLI:
+                new = Bernoulli(var[i], float(bernoulli_p[row - self.discrete.num_indicators]), name=name)
+            elif node_kind == CATEGORICAL:
+                size = len(flat.probs[row - self.discrete.num_indicators - self.discrete.num_bernoulli])
+                new = Categorical(var[i], torch.softmax(table[row, :size], dim=0).cpu().numpy(), name=name)
+            elif node_kind == GAUSSIAN:
+                new = Gaussian(var[i], float(mean[row]), float(std[row]), name=name)
             else:
-                new = Sum(children, layer_weights[record.location[1]][row, : len(children)], name=node.name)
+                children = [built[c] for c in child[ptr[i]: ptr[i + 1]]]
+                if node_kind == PRODUCT:
+                    new = Product(children, name=name)
+                elif layer_of[i] == 0:
+                    new = Sum(children, discrete_weights[row - self._first_indicator_sum, : len(children)],
+                              name=name)
+                else:
+                    new = Sum(children, layer_weights[layer_of[i]][row, : len(children)], name=name)
             built.append(new)
         return built[-1]
 
@@ -348,10 +371,13 @@ class CompiledSPN(SPNModule):
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> CompiledSPN:
-        from overspn.serialization import structure_from_dict
+        from overspn.serialization import flat_structure_from_dict, structure_from_dict
 
-        return cls(structure_from_dict(config["structure"]), config["weights"], floor=config["floor"], dtype=dtype,
-                   num_vars=config["num_vars"], fast=config["fast"])
+        # a valid structure is read straight into arrays; anything else is rebuilt node by node, which names the problem
+        flat = flat_structure_from_dict(config["structure"])
+        structure = flat if flat is not None else structure_from_dict(config["structure"])
+        return cls(structure, config["weights"], floor=config["floor"], dtype=dtype, num_vars=config["num_vars"],
+                   fast=config["fast"])
 
 
 def compile_structure(root: Node, weights: str = "raw", *, floor: float = DEFAULT_FLOOR,

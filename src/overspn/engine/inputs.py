@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from overspn.engine.semiring import gaussian_log_density, log_or_minus_inf, logsumexp
-from overspn.engine.weights import SumWeights
-from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Indicator, Node, Sum
+from overspn.engine.weights import SumWeights, to_parameter
 
 __all__ = ["DiscreteInputs", "GaussianInputs"]
 
@@ -27,50 +26,52 @@ class DiscreteInputs(nn.Module):
     Rows are ordered: indicators, Bernoulli leaves, categorical leaves, indicator sums.
     """
 
-    def __init__(self, nodes: list[Node], cardinality: int, parametrisation: str, dtype: torch.dtype):
+    def __init__(self, cardinality: int, parametrisation: str, dtype: torch.dtype, *,
+                 indicator_values: np.ndarray, bernoulli_p: np.ndarray, categorical_probs: list[np.ndarray],
+                 sum_owner: np.ndarray, sum_values: np.ndarray, sum_weights: np.ndarray, num_sums: int):
+        """Indicators by their values, Bernoulli leaves by p, categorical leaves by their probabilities, and
+        ``num_sums`` indicator sums as one entry per child: the sum it belongs to (``sum_owner``, grouped in order),
+        the indicator's value and its weight."""
         super().__init__()
         self.cardinality = cardinality
         card = cardinality
-        indicators = [n for n in nodes if isinstance(n, Indicator)]
-        bernoullis = [n for n in nodes if isinstance(n, Bernoulli)]
-        categoricals = [n for n in nodes if isinstance(n, Categorical)]
-        indicator_sums = [n for n in nodes if isinstance(n, Sum)]
-        self.order: list[Node] = indicators + bernoullis + categoricals + indicator_sums
-        self.num_indicators, self.num_bernoulli = len(indicators), len(bernoullis)
-        self.num_categorical, self.num_indicator_sums = len(categoricals), len(indicator_sums)
+        self.num_indicators, self.num_bernoulli = len(indicator_values), len(bernoulli_p)
+        self.num_categorical, self.num_indicator_sums = len(categorical_probs), num_sums
 
-        indicator_table = torch.full((len(indicators), card + 1), -math.inf, dtype=torch.float64)
-        for row, node in enumerate(indicators):
-            indicator_table[row, node.value] = 0.0
+        indicator_table = torch.full((len(indicator_values), card + 1), -math.inf, dtype=torch.float64)
+        indicator_table[torch.arange(len(indicator_values)), torch.from_numpy(indicator_values)] = 0.0
         indicator_table[:, card] = 0.0
         self.register_buffer("indicator_table", indicator_table.to(dtype), persistent=False)
 
-        if bernoullis:
-            p = torch.tensor([n.p for n in bernoullis], dtype=torch.float64)
+        if len(bernoulli_p):
+            p = torch.from_numpy(np.asarray(bernoulli_p, dtype=np.float64))
             self.bernoulli_logit = nn.Parameter(torch.log(p / (1 - p)).to(dtype))
-        if categoricals:
-            logits = torch.full((len(categoricals), card), -math.inf, dtype=torch.float64)
-            for row, node in enumerate(categoricals):
-                logits[row, : node.cardinality] = torch.log(torch.from_numpy(np.array(node.probs)))
+        if categorical_probs:
+            lengths = np.fromiter(map(len, categorical_probs), np.int64, len(categorical_probs))
+            rows = np.repeat(np.arange(len(lengths)), lengths)
+            columns = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            logits = np.full((len(lengths), card), -math.inf)
+            logits[rows, columns] = np.log(np.concatenate(categorical_probs))
+            logits = torch.from_numpy(logits)
             mask = torch.isinf(logits)
             self.categorical_logits = nn.Parameter(torch.where(mask, 0.0, logits).to(dtype))
             self.register_buffer("categorical_mask", mask, persistent=False)
-        if indicator_sums:
-            self.indicator_sum_weights = SumWeights([n.weights for n in indicator_sums], parametrisation, dtype)
+        if num_sums:
+            lengths = np.bincount(sum_owner, minlength=num_sums)
+            column = np.arange(len(sum_owner)) - (np.cumsum(lengths) - lengths)[sum_owner]
+            self.indicator_sum_weights = _sum_weights(sum_weights, lengths, column, parametrisation, dtype)
             arity = self.indicator_sum_weights.arity
-            values = np.full((len(indicator_sums), arity), card + 1, dtype=np.int64)
-            for row, node in enumerate(indicator_sums):
-                values[row, : len(node.children)] = [child.value for child in node.children]
+            values = np.full((num_sums, arity), card + 1, dtype=np.int64)
+            values[sum_owner, column] = sum_values
             self.register_buffer("indicator_sum_values", torch.from_numpy(values), persistent=False)
             # When no sum has two indicators of one state (the usual case), its per-state log-values are its
             # log-weights, gathered from the flattened (S, A) log-weights; S * A is a -inf slot for absent states.
             states = None
-            if all(len({c.value for c in n.children}) == len(n.children) for n in indicator_sums):
-                states = np.full((len(indicator_sums), card), len(indicator_sums) * arity, dtype=np.int64)
-                for row, node in enumerate(indicator_sums):
-                    for column, child in enumerate(node.children):
-                        states[row, child.value] = row * arity + column
-                self.indicator_sums_cover_all_states = bool((states < len(indicator_sums) * arity).all())
+            pairs = np.sort(sum_owner * (card + 1) + sum_values)
+            if not (pairs[1:] == pairs[:-1]).any():
+                states = np.full((num_sums, card), num_sums * arity, dtype=np.int64)
+                states[sum_owner, sum_values] = sum_owner * arity + column
+                self.indicator_sums_cover_all_states = bool((states < num_sums * arity).all())
             self.register_buffer("indicator_sum_states", None if states is None else torch.from_numpy(states),
                                  persistent=False)
 
@@ -118,12 +119,11 @@ class DiscreteInputs(nn.Module):
 class GaussianInputs(nn.Module):
     """Gaussian leaves evaluated together: ``(N, G)`` log-densities; missing values give log 1 = 0."""
 
-    def __init__(self, nodes: list[Gaussian], dtype: torch.dtype):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, var: np.ndarray, dtype: torch.dtype):
         super().__init__()
-        self.order: list[Node] = list(nodes)
-        self.mean = nn.Parameter(torch.tensor([n.mean for n in nodes], dtype=dtype))
-        self.log_std = nn.Parameter(torch.log(torch.tensor([n.std for n in nodes], dtype=torch.float64)).to(dtype))
-        self.register_buffer("var", torch.tensor([n.var for n in nodes], dtype=torch.long), persistent=False)
+        self.mean = nn.Parameter(torch.from_numpy(np.asarray(mean, dtype=np.float64)).to(dtype))
+        self.log_std = nn.Parameter(torch.log(torch.from_numpy(np.asarray(std, dtype=np.float64))).to(dtype))
+        self.register_buffer("var", torch.from_numpy(np.asarray(var, dtype=np.int64)), persistent=False)
 
     def forward(self, x: torch.Tensor, maximise: bool = False) -> torch.Tensor:
         values = x[:, self.var]
@@ -134,3 +134,22 @@ class GaussianInputs(nn.Module):
             return gaussian_log_density(values, self.mean, self.log_std)
         filled = torch.where(missing, self.mean.detach().expand_as(values), values)
         return gaussian_log_density(filled, self.mean, self.log_std).masked_fill(missing, 0.0)
+
+
+def _sum_weights(flat: np.ndarray, lengths: np.ndarray, column: np.ndarray, parametrisation: str,
+                 dtype: torch.dtype) -> SumWeights:
+    """``SumWeights`` of many sums given as one flat array of weights (sum ``s`` owns ``lengths[s]`` consecutive
+    entries; ``column``: each entry's position in its sum), built with numpy instead of one array per sum."""
+    if len(lengths) < 1000:
+        return SumWeights(np.split(flat, np.cumsum(lengths)[:-1]), parametrisation, dtype)
+    weights = SumWeights.__new__(SumWeights)
+    nn.Module.__init__(weights)
+    arity = int(lengths.max())
+    index = np.full((len(lengths), arity), len(flat), dtype=np.int64)
+    index[np.repeat(np.arange(len(lengths)), lengths), column] = np.arange(len(flat))
+    weights.parametrisation = parametrisation
+    weights.arity = arity
+    weights.param = nn.Parameter(to_parameter(flat, parametrisation, dtype))
+    weights.register_buffer("index", torch.from_numpy(index), persistent=False)
+    weights.has_padding = bool((lengths < arity).any())
+    return weights

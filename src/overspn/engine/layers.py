@@ -35,7 +35,8 @@ class Gather(nn.Module):
     pad_mask: torch.Tensor
     flat_index: torch.Tensor
 
-    def __init__(self, sources: list[int], index: np.ndarray, pad_mask: np.ndarray, source_width: int):
+    def __init__(self, sources: list[int], index: np.ndarray, pad_mask: np.ndarray, source_width: int,
+                 widths: list[int] | None = None):
         super().__init__()
         self.sources = sources
         self.arity = index.shape[1]
@@ -46,6 +47,19 @@ class Gather(nn.Module):
         )
         self.register_buffer("index", torch.from_numpy(index.reshape(-1)), persistent=False)
         self.register_buffer("pad_mask", torch.from_numpy(pad_mask), persistent=False)
+        # When the sources are much wider than what the layer reads (a deep layer reading a few columns of a wide
+        # input layer), concatenating them would cost their whole width per layer: read each source's columns
+        # instead, then put them in place with one more gather.
+        self.register_buffer("part_index", None, persistent=False)
+        self.register_buffer("part_order", None, persistent=False)
+        if widths is not None and len(sources) > 1 and source_width > 2 * index.size:
+            local = index.reshape(-1)
+            columns = np.unique(local)
+            starts = np.cumsum([0] + list(widths))
+            self.part_bounds = np.searchsorted(columns, starts).tolist()
+            source_of = np.searchsorted(starts, columns, side="right") - 1
+            self.part_index = torch.from_numpy(columns - starts[source_of])
+            self.part_order = torch.from_numpy(np.searchsorted(columns, local))
         self.register_buffer("flat_index", None, persistent=False)
         self.flat_start = 0
 
@@ -63,6 +77,11 @@ class Gather(nn.Module):
             if self.identity:
                 return outputs[self.flat_start: self.flat_start + self.index.numel()].unsqueeze(0)
             return outputs.index_select(0, self.flat_index).view(-1, self.arity, outputs.shape[1])
+        if self.part_index is not None:
+            bounds = self.part_bounds
+            source = torch.cat([outputs[s].index_select(1, self.part_index[bounds[k]: bounds[k + 1]])
+                                for k, s in enumerate(self.sources)], 1)
+            return source.index_select(1, self.part_order).view(source.shape[0], -1, self.arity)
         if len(self.sources) == 1:
             source = outputs[self.sources[0]]
         else:
