@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import stat
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +15,8 @@ import numpy as np
 import pytest
 
 import overspn as osp
-from overspn import atomic, data
-from overspn.errors import DataError, ModelFileError
+from overspn import atomic, csv_reader, data
+from overspn.errors import ConfigurationError, DataError, ModelFileError
 
 # ----------------------------------------------------------------------------------------------------------------
 # CSV files
@@ -70,6 +72,159 @@ def test_common_format_mistakes_get_a_hint(text: str, hint: str, tmp_path: Path)
     with pytest.raises(DataError) as caught:
         data.load_csv(tmp_path / "d.csv")
     assert hint in str(caught.value)
+
+
+# A mix of the fields the reader meets: plain integers (the vectorised path), decimals and padded numbers (float()),
+# every missing-value spelling, and numbers float() reads that numpy's own parser does not ("1_0").
+FIELDS = ["0", "1", "0", "1", "2", "17", "007", "-0", "-1.5", "2.5e-3", " 1 ", "\t0", "", "?", "nan", "NaN", "NA",
+          " ? ", "1_0", "123456789012345678"]
+
+
+def _reference(path: Path, **options: bool) -> np.ndarray:
+    """The file read by the line-by-line parser alone, as load_csv read every irregular file before."""
+    with open(path, encoding="utf-8-sig", errors="replace") as stream:
+        return data._parse_lines(stream, str(path), options.get("binary", False), options.get("allow_missing", False),
+                                 options.get("discrete", False))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of about 500 characters, so that a test file of a few hundred kilobytes spans hundreds of them."""
+    monkeypatch.setattr(csv_reader, "CHUNK_CHARS", 500)
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_chunked_read_with_missing_fields_equals_the_reference(line_end: str, tmp_path: Path,
+                                                                small_chunks: None) -> None:
+    rng = np.random.default_rng(0)
+    lines = [",".join(rng.choice(FIELDS, 6)) for _ in range(3000)]
+    for blank in rng.choice(len(lines), 20, replace=False):
+        lines[blank] = rng.choice(["", "  ", "\t"])
+    path = tmp_path / "missing.csv"
+    path.write_bytes((line_end.join(lines) + line_end + "\n \n").encode())  # blank lines at the end too
+    expected = _reference(path, allow_missing=True)
+    array = data.load_csv(path, allow_missing=True)
+    assert array.shape == expected.shape == (2980, 6) and array.dtype == np.float64 and array.flags.c_contiguous
+    np.testing.assert_array_equal(array, expected)  # NaN where NaN, and every value bit for bit...
+    np.testing.assert_array_equal(np.signbit(array), np.signbit(expected))  # ... "-0" included
+    assert np.isnan(array).mean() > 0.2
+    with pytest.raises(DataError) as caught:
+        _reference(path)
+    with pytest.raises(DataError, match="missing value") as fast:
+        data.load_csv(path)
+    assert str(fast.value) == str(caught.value)
+
+
+def test_integer_fields_are_exact_and_missing_ones_nan(tmp_path: Path, small_chunks: None) -> None:
+    path = tmp_path / "states.csv"
+    rng = np.random.default_rng(1)
+    states = rng.integers(0, 10 ** rng.integers(1, 16, (2000, 1)), (2000, 5)).astype(np.float64)
+    states[rng.random(states.shape) < 0.05] = np.nan
+    path.write_text("\n".join(",".join("" if np.isnan(v) else str(int(v)) for v in row) for row in states))  # no end
+    np.testing.assert_array_equal(data.load_csv(path, discrete=True, allow_missing=True), states)
+    np.testing.assert_array_equal(data.load_csv(path, allow_missing=True), _reference(path, allow_missing=True))
+
+
+@pytest.mark.parametrize(("bad", "options", "message"), [
+    ("x", {}, "'x' is not a number$"),  # no header hint: the file has rows before it
+    ("", {}, r"missing value \(an empty field\) not allowed here"),
+    ("2", {"binary": True}, "value '2' is not binary"),
+    ("inf", {"allow_missing": True}, "value 'inf' is not finite"),
+])
+def test_a_bad_field_deep_in_a_large_file_is_named_by_file_line_and_column(bad: str, options: dict[str, bool],
+                                                                           message: str, tmp_path: Path) -> None:
+    path = tmp_path / "large.csv"
+    good = "0,1,0,1\n"
+    # 70,000 lines before the bad one (the 10th blank: blank lines count as lines), and more after it
+    path.write_text(good * 9 + "\n" + good * 69_990 + f"1,0,{bad},1\n" + good * 5000)
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}, line 70001, column 2: {message}"):
+        data.load_csv(path, **options)
+
+
+def test_a_short_row_deep_in_a_large_file_is_named_by_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "large.csv"
+    path.write_text("0,1,0,1\r\n" * 70_000 + "1,0,1\r\n" + "0,1,0,1\r\n")
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}, line 70001: 3 columns, expected 4 as on the first"):
+        data.load_csv(path)
+
+
+@pytest.mark.parametrize("field", ["1\x00", "\u0663", "-?", "+nan", "NAN", "-0", "1_0", " 1 ", "1e400", "0x1", "\xa01"])
+@pytest.mark.parametrize("allow_missing", [True, False])
+def test_fields_at_the_edge_of_the_fast_parser_read_as_the_reference(field: str, allow_missing: bool, tmp_path: Path,
+                                                                     small_chunks: None) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("0,1\n" * 300 + f"1,{field}\n" + "1,0\n" * 300)
+    try:
+        expected: np.ndarray | str = _reference(path, allow_missing=allow_missing)
+    except DataError as error:
+        expected = str(error)
+    try:
+        array = data.load_csv(path, allow_missing=allow_missing)
+    except DataError as error:
+        assert str(error) == expected
+    else:
+        assert isinstance(expected, np.ndarray)
+        np.testing.assert_array_equal(array, expected)
+        np.testing.assert_array_equal(np.signbit(array), np.signbit(expected))
+
+
+@pytest.mark.parametrize("text", ["1,0\r\n0,1\r\n", "1,0\n0,1", "1,0\n0,1\n\n\n  \n", "\n\n1,0\r0,1\r",
+                                  "1,0\r\n\r\n0,1"])
+def test_line_ends_and_blank_lines_anywhere(text: str, tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_bytes(text.encode())
+    array = data.load_csv(tmp_path / "d.csv", binary=True)
+    np.testing.assert_array_equal(array, [[1, 0], [0, 1]])
+    assert array.flags.owndata and array.base is None  # shrunk in place, not a view of a larger buffer
+
+
+def test_the_memory_budget_refuses_a_large_file_before_allocating(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text(("0," * 999 + "1\n") * 1000)  # 2 MB of text, 8 MB as float64
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", str(4_000_000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as caught:
+            data.load_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 1,000 lines x 1,000 columns")
+    assert "8,000,000 > 4,000,000 bytes" in message and "OVERSPN_MEMORY_BUDGET" in message
+    assert peak < 3_000_000  # the bytes scanned for line ends, never the 8 MB array
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", "8e6")  # exactly enough
+    assert data.load_csv(path).shape == (1000, 1000)
+
+
+def test_reading_takes_the_result_plus_a_few_megabytes(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    rng = np.random.default_rng(2)
+    text = np.full((50_000, 80), ord(","), dtype=np.uint8)  # "d,d,...,d\n": 4 MB of text, 16 MB as float64
+    text[:, 0::2] = rng.choice(np.frombuffer(b"01?", dtype=np.uint8), (50_000, 40), p=[0.5, 0.49, 0.01])
+    text[:, -1] = ord("\n")
+    path.write_bytes(text.tobytes())
+    tracemalloc.start()
+    try:
+        array = data.load_csv(path, binary=True, allow_missing=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(np.isnan(array), text[:, 0::2] == ord("?"))
+    assert peak < array.nbytes + 16_000_000, f"peak {peak:,} bytes for a result of {array.nbytes:,}"
+
+
+def test_memory_budget_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OVERSPN_MEMORY_BUDGET", raising=False)
+    assert 0 < data.memory_budget() <= 16 * 2 ** 30
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", "123456")
+    assert data.memory_budget() == 123456
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", "2.5e9")
+    assert data.memory_budget() == 2_500_000_000
+    for wrong in ("lots", "-1", "0"):
+        monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", wrong)
+        with pytest.raises(ConfigurationError, match=f"OVERSPN_MEMORY_BUDGET .* got '{wrong}'"):
+            data.memory_budget()
 
 
 def test_load_user_data_builds_a_checked_dataset(tmp_path: Path) -> None:
@@ -293,13 +448,18 @@ def test_saturated_parameters_save_and_load_exactly(tmp_path: Path) -> None:
     with torch.no_grad():
         model.discrete.bernoulli_logit.fill_(45.0)
         model.discrete.categorical_logits[0, 0] = -800.0
-        model.gaussian.log_std.fill_(-750.0)
+        model.gaussian.log_std.fill_(-700.0)  # std 1e-304: the smallest spreads float64 still represents
     osp.save(model, tmp_path / "edge.ospn")
     loaded = osp.load(tmp_path / "edge.ospn")
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     x = np.array([[1.0, 2.0, np.nan], [0.0, 1.0, np.nan]])
     np.testing.assert_array_equal(loaded.log_likelihood(x).detach(), model.log_likelihood(x).detach())
+    with torch.no_grad():
+        model.gaussian.log_std.fill_(-750.0)  # std underflows to 0: every observed value has density 0 or NaN
+    with pytest.raises(osp.ModelFileError, match="log_std"):
+        osp.save(model, tmp_path / "beyond.ospn")
+    assert not (tmp_path / "beyond.ospn").exists()
 
 
 def test_loading_never_unpickles(tmp_path: Path) -> None:

@@ -7,19 +7,18 @@ on first use. Split sizes are checked against the published ones.
 
 from __future__ import annotations
 
-import math
 import os
 import urllib.error
 import urllib.request
-import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import DataError
+from .csv_reader import MISSING_TOKENS, read_csv, scan_csv  # noqa: F401 (MISSING_TOKENS: data's name for them)
+from .csv_reader import parse_lines as _parse_lines
+from .errors import ConfigurationError, DataError
 
 __all__ = [
     "Dataset",
@@ -33,6 +32,7 @@ __all__ = [
     "load_dataset",
     "load_sklearn",
     "load_user_data",
+    "memory_budget",
 ]
 
 # (variables, train, valid, test) of the twenty standard binary data sets
@@ -158,7 +158,50 @@ def load_binary(name: str, data_dir: str | os.PathLike[str] | None = None) -> Da
     return Dataset(name, *splits)
 
 
-MISSING_TOKENS = ("", "?", "nan", "NaN", "NA")
+_GIB = 1 << 30
+
+
+def memory_budget() -> int:
+    """Bytes a single data array may take: ``$OVERSPN_MEMORY_BUDGET`` if set, else the smaller of 75% of the
+    physical memory (or of the container's limit) and 16 GiB.
+
+    Checked before allocating, so that a file too large for the machine fails at once with its size named, rather
+    than after minutes of swapping or at the hands of the out-of-memory killer.
+    """
+    setting = os.environ.get("OVERSPN_MEMORY_BUDGET", "").strip()
+    if setting:
+        try:
+            budget = int(float(setting))  # float() too, so that "8e9" works
+        except (ValueError, OverflowError):
+            budget = 0
+        if budget <= 0:
+            raise ConfigurationError(f"OVERSPN_MEMORY_BUDGET must be a positive number of bytes, got {setting!r}")
+        return budget
+    physical = _physical_memory()
+    return min(int(0.75 * physical), 16 * _GIB) if physical else 16 * _GIB
+
+
+def _physical_memory() -> int:
+    """Bytes of memory this process can use: MemTotal, lowered by a cgroup v2 limit; 0 if unknown."""
+    total = 0
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024  # the file says kB and means KiB
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            total = 0
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # "max" when unlimited
+        if limit.isdigit():
+            total = min(total, int(limit)) if total else int(limit)
+    except OSError:
+        pass
+    return total
 
 
 def load_csv(path: str | os.PathLike[str], binary: bool = False, allow_missing: bool = False,
@@ -168,90 +211,23 @@ def load_csv(path: str | os.PathLike[str], binary: bool = False, allow_missing: 
     ``binary``: every value must be 0 or 1; ``discrete``: every value a non-negative integer (a state index);
     ``allow_missing``: the fields ``""``, ``?``, ``nan`` and ``NA`` are missing values, read as NaN (otherwise they
     are errors). Infinite values are always errors. Blank lines are skipped. Errors name the file, line and column.
+    The size (lines x columns of the first row, 8 bytes each) is checked against :func:`memory_budget` before the
+    array is allocated; reading then takes about that much memory plus a few megabytes.
     """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        # the fast reader; anything it rejects or reads as non-finite is re-read line by line to name the problem
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below as empty
-            array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, comments=None, encoding="utf-8-sig")
-    except (ValueError, UnicodeDecodeError):
-        array = None
-    if array is not None and array.size and np.all(np.isfinite(array)) and (
-            not (binary or discrete) or _first_bad_state(array, binary) is None):
-        return array
-    with open(path, encoding="utf-8-sig", errors="replace") as stream:  # "-sig": skip the mark some editors write
-        return _parse_lines(stream, str(path), binary, allow_missing, discrete)
-
-
-def _first_bad_state(array: np.ndarray, binary: bool) -> tuple[int, int] | None:
-    """(row, column) of the first observed value that is not 0/1 (``binary``) or not a non-negative integer."""
-    observed = ~np.isnan(array)
-    if binary:
-        bad = observed & (array != 0) & (array != 1)
-    else:
-        bad = observed & ((array < 0) | (array != np.round(array)))
-    if not bad.any():
-        return None
-    row, column = np.argwhere(bad)[0]
-    return int(row), int(column)
-
-
-def _parse_lines(lines: Iterable[str], source: str, binary: bool, allow_missing: bool,
-                 discrete: bool) -> np.ndarray:
-    rows: list[list[float]] = []
-    width = None
-    for line_number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text:
-            continue
-        fields = text.split(",")
-        if width is None:
-            width = len(fields)
-        elif len(fields) != width:
-            raise DataError(f"{source}, line {line_number}: {len(fields)} columns, expected {width} as on the first "
-                            "row")
-        row = []
-        for column, field in enumerate(fields):
-            token = field.strip()
-            where = f"{source}, line {line_number}, column {column}"
-            if token in MISSING_TOKENS:
-                if not allow_missing:
-                    shown = "an empty field" if not token else f"{token!r}"
-                    raise DataError(f"{where}: missing value ({shown}) not allowed here")
-                row.append(math.nan)
-                continue
-            try:
-                value = float(token)
-            except ValueError:
-                raise DataError(f"{where}: {token!r} is not a number{_hint(token, rows)}") from None
-            if math.isnan(value):
-                if not allow_missing:
-                    raise DataError(f"{where}: missing value ({token!r}) not allowed here")
-            elif math.isinf(value):
-                raise DataError(f"{where}: value {token!r} is not finite")
-            elif binary and value not in (0.0, 1.0):
-                raise DataError(f"{where}: value {token!r} is not binary (0 or 1)")
-            elif discrete and (value < 0 or value != round(value)):
-                raise DataError(f"{where}: value {token!r} is not a state (a non-negative integer)")
-            row.append(value)
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{source}: the file is empty")
-    return np.asarray(rows, dtype=np.float64)
-
-
-def _hint(token: str, rows: list[list[float]]) -> str:
-    """Why a field may not be a number: another separator, or a header row."""
-    if any(separator in token for separator in (";", "\t", "|")):
-        return " (fields must be separated by commas)"
-    if not rows:
-        return " (the file must not have a header row)"
-    return ""
+    lines, width = scan_csv(path)
+    if width == 0:
+        raise DataError(f"{path}: the file is empty")
+    needed, budget = lines * width * 8, memory_budget()
+    if needed > budget:
+        raise DataError(f"{path}: {lines:,} lines x {width:,} columns need {needed / 1e9:.3g} GB as float64, more "
+                        f"than the memory budget of {budget / 1e9:.3g} GB ({needed:,} > {budget:,} bytes); set "
+                        "OVERSPN_MEMORY_BUDGET (bytes) to change it")
+    return read_csv(path, lines, width, binary, allow_missing, discrete)
 
 
 def _line_of_row(path: Path, row: int) -> int:
