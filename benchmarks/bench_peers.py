@@ -27,11 +27,19 @@ each library gets ``--repeats`` timed steps after ``--warmup`` steps, or fewer (
 ratio peer / overspn (> 1: overspn faster). Two tables: parameters 10^4 -> 10^6 at batch 256 (sums = inputs grown)
 and batch size 64 -> 4096 at the base model (depth 3, 10 repetitions, 10 sums, 10 inputs).
 
+``--suite speed`` runs instead the speed suite, one table each, written to ``results/speed.json``: (1) the
+paper's mixture of 1000 products over 1000 variables (3 million nodes): build, compile + first forward, save and
+load; (2) the Adam step of RAT-SPNs against cirkit at sums = inputs = 5, 12, 25 (1.1e4, 1.1e5, 9.6e5 parameters),
+interleaved as above; (3) the no-grad forward of random DAG SPNs of 10^2 .. 10^5 nodes (normalised weights,
+sub-networks shared) against the same DAG built from SPFlow 1.1 modules, evaluated with SPFlow's cache so that
+shared modules run once; outputs are checked equal (within 1e-3 nats) before timing.
+
 The peers live in their own environment (they are not dependencies of overspn)::
 
     python -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0
     .venv-bench/bin/pip install -e ".[bench]"
     OVERSPN_DATA=../shared/datasets .venv-bench/bin/python benchmarks/bench_peers.py [--threads 1]
+    OVERSPN_DATA=../shared/datasets .venv-bench/bin/python benchmarks/bench_peers.py --suite speed
 """
 
 from __future__ import annotations
@@ -313,6 +321,240 @@ def markdown(cells: list[dict[str, Any]], names: list[str], key: str) -> str:
     return "\n".join(lines)
 
 
+# -- the speed suite: large structures, RAT-SPN steps against cirkit, random DAGs against SPFlow -------------------
+
+SPEED_WIDTHS = (5, 12, 25)  # sums = inputs: 11,200 / 113,400 / 961,000 parameters (about 1e4, 1e5, 1e6)
+DAG_SIZES = (100, 1_000, 10_000, 100_000)
+
+
+def normalised_dag(num_vars: int, target: int, rng: np.random.Generator) -> Any:
+    """A random valid DAG SPN of about ``target`` nodes over ``num_vars`` binary variables, with normalised weights
+    (so that SPFlow, whose sums normalise their weights, computes the same function): ``repetitions`` random binary
+    splits; for every scope ``width`` sums, each over two products whose children are drawn from the pools of the
+    two halves (shared between repetitions, so a layer reads from many earlier layers); inputs are sums over the two
+    indicators of a variable (Bernoulli leaves for SPFlow)."""
+    import overspn as osp
+
+    repetitions = 4 if target <= 1000 else 10
+    width = max(1, round(target / (repetitions * (num_vars - 1) * 3 + num_vars)))
+
+    def weights(k: int) -> np.ndarray:
+        w = rng.uniform(0.1, 1.0, k)
+        return w / w.sum()
+
+    pool: dict[frozenset[int], list[Any]] = {
+        frozenset([v]): [osp.Sum([osp.Indicator(v, 0), osp.Indicator(v, 1)], weights(2)) for _ in range(width)]
+        for v in range(num_vars)}
+
+    def build(scope: list[int]) -> frozenset[int]:
+        key = frozenset(scope)
+        if len(scope) == 1:
+            return key
+        cut = int(rng.integers(1, len(scope)))
+        left, right = build(scope[:cut]), build(scope[cut:])
+        nodes = pool.setdefault(key, [])
+        for _ in range(width):
+            products = [osp.Product([pool[left][rng.integers(len(pool[left]))],
+                                     pool[right][rng.integers(len(pool[right]))]]) for _ in range(2)]
+            nodes.append(osp.Sum(products, weights(2)))
+        return key
+
+    for _ in range(repetitions):
+        build(list(rng.permutation(num_vars)))
+    full = pool[frozenset(range(num_vars))]
+    return osp.Sum(full, weights(len(full)))
+
+
+def spflow_dag(root: Any) -> torch.nn.Module:
+    """The same DAG as SPFlow 1.1 modules (shared sub-networks shared): indicator sums become Bernoulli leaves."""
+    from spflow.meta.data.scope import Scope
+    from spflow.modules.leaves import Bernoulli
+    from spflow.modules.products import Product
+    from spflow.modules.sums import Sum
+
+    import overspn as osp
+
+    built: dict[int, torch.nn.Module] = {}
+    for node in osp.topological_order(root):
+        if isinstance(node, osp.Indicator):
+            continue
+        if isinstance(node, osp.Sum) and all(isinstance(c, osp.Indicator) for c in node.children):
+            p = float(node.weights[1] / node.weights.sum())
+            built[id(node)] = Bernoulli(scope=Scope([node.children[0].var]), probs=torch.tensor([[p]]))
+        elif isinstance(node, osp.Product):
+            built[id(node)] = Product([built[id(c)] for c in node.children])
+        else:
+            w = torch.tensor(node.weights / node.weights.sum(), dtype=torch.float32).view(1, -1, 1, 1)
+            built[id(node)] = Sum([built[id(c)] for c in node.children], weights=w)
+    return built[id(root)]
+
+
+def dag_cell(target: int, repeats: int, warmup: int, budget: float, with_spflow: bool) -> dict[str, Any]:
+    """No-grad forward of a random DAG over 10 binary variables: overspn's compiled model on encoded data against
+    SPFlow's module graph (with its cache, so that shared modules are evaluated once), on the same rows."""
+    import overspn as osp
+
+    rng = np.random.default_rng(target)
+    root = normalised_dag(10, target, rng)
+    nodes = len(osp.topological_order(root))
+    started = time.perf_counter()
+    model = osp.compile(root, "raw", dtype=torch.float32)
+    compile_s = time.perf_counter() - started
+    rows = 1000
+    x = torch.from_numpy(rng.integers(0, 2, size=(rows, 10)).astype(np.float32))
+    data = model.encode(x)
+
+    def ours() -> torch.Tensor:
+        with torch.no_grad():
+            return model.log_likelihood(data)
+
+    functions = {"overspn": ours}
+    cell: dict[str, Any] = {"nodes": nodes, "layers": len(model.layers), "rows": rows, "compile_s": compile_s}
+    if with_spflow:
+        from spflow.utils.cache import Cache
+
+        started = time.perf_counter()
+        peer = spflow_dag(root)
+        cell["spflow_build_s"] = time.perf_counter() - started
+
+        def theirs() -> torch.Tensor:
+            with torch.no_grad():
+                return peer.log_likelihood(x, cache=Cache()).reshape(rows)
+
+        error = float((ours().double() - theirs().double()).abs().max())
+        if error > 1e-3:
+            raise RuntimeError(f"SPFlow and overspn differ by {error} on a DAG of {nodes} nodes")
+        cell["max_abs_difference"] = error
+        functions["spflow"] = theirs
+    times = interleaved(functions, repeats, warmup, budget)
+    cell["results"] = {name: {"median_ms": 1e3 * statistics.median(v), "runs": len(v)} for name, v in times.items()}
+    if with_spflow:
+        cell["spflow_over_overspn"] = cell["results"]["spflow"]["median_ms"] / cell["results"]["overspn"]["median_ms"]
+    return cell
+
+
+def interleaved(functions: dict[str, Any], repeats: int, warmup: int, budget: float) -> dict[str, list[float]]:
+    """Seconds per call of every function, called in turn (rotating order) after ``warmup`` rounds; stops early
+    (after at least 3 rounds) once the rounds have taken ``budget`` seconds."""
+    names = list(functions)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(warmup):
+        for name in names:
+            functions[name]()
+    spent = 0.0
+    for round_number in range(repeats):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            functions[name]()
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        if round_number >= 2 and spent > budget:
+            break
+    return times
+
+
+def mixture_cell(num_vars: int, components: int, repeats: int, out_dir: Path) -> dict[str, Any]:
+    """Build, compile (+ first forward), save and load the paper's mixture of ``components`` products over
+    ``num_vars`` variables (3 million nodes at 1000 x 1000); ``repeats`` rounds, each in this order."""
+    import gc
+    import resource
+
+    import overspn as osp
+
+    path = out_dir / f"mixture_{num_vars}x{components}.spn"
+    rounds = []
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 2, size=(256, num_vars)).astype(np.float32))
+    for _ in range(repeats):
+        gc.collect()
+        started = time.perf_counter()
+        root = osp.mixture(num_vars, components)
+        built = time.perf_counter()
+        model = osp.compile(root)
+        compiled = time.perf_counter()
+        with torch.no_grad():
+            model.log_likelihood(x)
+        forward = time.perf_counter()
+        osp.save(model, path)
+        saved = time.perf_counter()
+        del model, root
+        gc.collect()
+        loaded_start = time.perf_counter()
+        model = osp.load(path)
+        loaded = time.perf_counter()
+        rounds.append({"build_s": built - started, "compile_s": compiled - built, "first_forward_s": forward - compiled,
+                       "compile_and_first_forward_s": forward - built, "save_s": saved - forward,
+                       "load_s": loaded - loaded_start})
+        del model
+    result: dict[str, Any] = {"num_vars": num_vars, "components": components,
+                              "nodes": 3 * num_vars * components + components + 1,
+                              "file_bytes": path.stat().st_size, "rounds": rounds}
+    for key in rounds[0]:
+        result[f"median_{key}"] = statistics.median(r[key] for r in rounds)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    path.unlink()
+    return result
+
+
+def speed_suite(args: argparse.Namespace) -> None:
+    names, missing = available_runners()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    result: dict[str, Any] = {
+        "benchmark": "overspn speed suite: a 3-million-node mixture, RAT-SPN steps against cirkit, random DAGs "
+                     "against SPFlow",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()},
+        "source": source_revision(), "versions": {"torch": torch.__version__}, "missing": missing,
+        "settings": vars(args) | {"out": str(args.out)},
+    }
+    for name in names[1:]:
+        from importlib.metadata import version
+
+        result["versions"][name] = version("libcirkit" if name == "cirkit" else name)
+    # 1. the mixture
+    size = args.mixture
+    mixture = mixture_cell(size[0], size[1], args.mixture_repeats, args.out.parent)
+    result["mixture"] = mixture
+    print(f"\n1. mixture {size[0]} x {size[1]} ({mixture['nodes']:,} nodes, file {mixture['file_bytes'] / 1e6:.1f} "
+          f"MB), median of {args.mixture_repeats}: compile {mixture['median_compile_s']:.1f} s + first forward "
+          f"{mixture['median_first_forward_s']:.1f} s = {mixture['median_compile_and_first_forward_s']:.1f} s; "
+          f"load {mixture['median_load_s']:.1f} s; save {mixture['median_save_s']:.1f} s; peak RSS "
+          f"{mixture['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+    # 2. RAT-SPN training steps against cirkit
+    data = torch.from_numpy(load_dataset("plants").train).float()
+    rat_names = [n for n in names if n in ("overspn", "cirkit")]
+    rat = []
+    print(f"\n2. RAT-SPN Adam step, plants, batch {SCALING_BATCH}, {torch.get_num_threads()} thread(s)")
+    print(f"{'sums=inputs':>11} {'parameters':>10} {'overspn ms':>11} {'cirkit ms':>10} {'cirkit/overspn':>15}")
+    for width in args.widths:
+        shape = Shape(data.shape[1], BASE["depth"], BASE["repetitions"], width, width)
+        cell = time_cell(shape, rat_names, SCALING_BATCH, data, args.repeats, args.warmup, args.budget, args.seed)
+        rat.append(cell)
+        r = cell["results"]
+        peer = r.get("cirkit", {})
+        print(f"{width:11d} {r['overspn']['parameters']:10,d} {r['overspn']['median_step_ms']:11.1f} "
+              f"{peer.get('median_step_ms', float('nan')):10.1f} {peer.get('ratio_to_overspn', float('nan')):15.2f}",
+              flush=True)
+    result["rat_steps"] = rat
+    # 3. random DAGs against SPFlow
+    dags = []
+    print("\n3. random DAGs, 10 binary variables, 1,000 rows, no grad: forward ms")
+    print(f"{'nodes':>8} {'layers':>7} {'compile s':>10} {'overspn ms':>11} {'SPFlow ms':>10} {'SPFlow/overspn':>15}")
+    for target in args.dag_sizes:
+        cell = dag_cell(target, args.repeats, args.warmup, args.budget, "spflow" in names)
+        dags.append(cell)
+        r = cell["results"]
+        print(f"{cell['nodes']:8d} {cell['layers']:7d} {cell['compile_s']:10.2f} {r['overspn']['median_ms']:11.2f} "
+              f"{r.get('spflow', {}).get('median_ms', float('nan')):10.2f} "
+              f"{cell.get('spflow_over_overspn', float('nan')):15.2f}", flush=True)
+    result["random_dags"] = dags
+    result["machine"]["load_average_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    print(f"\nload average at end: {os.getloadavg()}; written to {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed steps per library and cell")
@@ -325,8 +567,21 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--only", nargs="+", choices=list(RUNNERS), help="restrict to these libraries")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
+    parser.add_argument("--suite", choices=("peers", "speed"), default="peers",
+                        help="speed: the 3M-node mixture, RAT steps against cirkit at --widths (default 5 12 25) "
+                             "and random DAGs against SPFlow (--dag-sizes); writes results/speed.json")
+    parser.add_argument("--mixture", type=int, nargs=2, default=[1000, 1000], metavar=("VARS", "COMPONENTS"))
+    parser.add_argument("--mixture-repeats", type=int, default=3)
+    parser.add_argument("--dag-sizes", type=int, nargs="+", default=list(DAG_SIZES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.suite == "speed":
+        if args.widths == list(SCALING_WIDTHS):
+            args.widths = list(SPEED_WIDTHS)
+        if args.out == REPO / "benchmarks" / "results" / "peers.json":
+            args.out = REPO / "benchmarks" / "results" / "speed.json"
+        speed_suite(args)
+        return
 
     names, missing = available_runners()
     if args.only:

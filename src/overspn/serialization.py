@@ -45,11 +45,11 @@ from overspn.symbolic.structure import (
     SUM,
     Bernoulli,
     Categorical,
+    FlatStructure,
     Gaussian,
     Indicator,
     Node,
     Product,
-    FlatStructure,
     Sum,
     _permute,
     _postorder,
@@ -444,8 +444,8 @@ def structure_for_file(root: Node) -> dict[str, Any]:
     return description
 
 
-_SMALLEST = float(np.nextafter(0.0, 1.0))
-_BELOW_ONE = float(np.nextafter(1.0, 0.0))
+_SMALLEST = SMALLEST = float(np.nextafter(0.0, 1.0))
+_BELOW_ONE = BELOW_ONE = float(np.nextafter(1.0, 0.0))
 
 
 def _parameter_problem(model: SPNModule) -> str | None:

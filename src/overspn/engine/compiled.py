@@ -24,6 +24,7 @@ batch, so one pass serves data and partition function alike.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -288,7 +289,8 @@ class CompiledSPN(SPNModule):
                 self._write_flat(flat, len(outputs) - 1, tabular)
         if flat is not None:
             for index, layer in enumerate(self.layers, start=self._first_inner_output):
-                self._write_flat(flat, index, layer(flat), node_major=True)
+                start = self._flat_offsets[index]
+                layer(flat, out=flat[start: start + self._flat_widths[index]])  # written in place
             layer_index, column = self._root_position
             return flat[self._flat_offsets[layer_index] + column].clone()
         for layer in self.layers:
@@ -364,10 +366,64 @@ class CompiledSPN(SPNModule):
         return self if fast == self.fast else super().to_compiled(fast)
 
     def file_config(self) -> dict[str, Any]:
-        from overspn.serialization import structure_for_file
-
         return {"weights": self.parametrisation, "floor": self.floor, "num_vars": self.num_vars, "fast": self.fast,
-                "structure": structure_for_file(self.to_structure())}
+                "structure": self._structure_for_file()}
+
+    @torch.no_grad()
+    def _structure_for_file(self) -> dict[str, Any]:
+        """``structure_for_file(self.to_structure())``, the same description, written from the arrays (one
+        dictionary per node, no nodes built)."""
+        from overspn.serialization import BELOW_ONE, SMALLEST
+
+        flat = self._structure
+        kind, ptr, n = flat.kind, flat.ptr, len(flat)
+        layer_of, col_of = self._layer_of, self._col_of
+        # the current weight of every edge of a sum
+        weights = np.zeros(len(flat.child))
+        if self.discrete is not None and self.discrete.num_indicator_sums:
+            sums = np.flatnonzero((kind == SUM) & (layer_of == 0))
+            edges, owner = _edges_of(ptr, sums)
+            table = self.discrete.indicator_sum_weights.weights().double().cpu().numpy()
+            weights[edges] = table[col_of[sums][owner] - self._first_indicator_sum, edges - ptr[sums][owner]]
+        for output, layer in enumerate(self.layers, start=self._first_inner_output):
+            if isinstance(layer, SumLayer):
+                sums = np.flatnonzero(layer_of == output)
+                edges, owner = _edges_of(ptr, sums)
+                table = layer.weights.weights().double().cpu().numpy()
+                weights[edges] = table[col_of[sums][owner], edges - ptr[sums][owner]]
+        child, weight_list = flat.child.tolist(), weights.tolist()
+        starts, var, value, rows = ptr.tolist(), flat.var.tolist(), flat.value.tolist(), col_of.tolist()
+        entries: list[dict[str, Any]] = [{} for _ in range(n)]
+        for i, node_kind in enumerate(kind.tolist()):
+            if node_kind == SUM:
+                entries[i] = {"type": "Sum", "children": child[starts[i]: starts[i + 1]],
+                              "weights": weight_list[starts[i]: starts[i + 1]]}
+            elif node_kind == PRODUCT:
+                entries[i] = {"type": "Product", "children": child[starts[i]: starts[i + 1]]}
+            elif node_kind == INDICATOR:
+                entries[i] = {"type": "Indicator", "var": var[i], "value": value[i]}
+        if self.discrete is not None and self.discrete.num_bernoulli:
+            p = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy().tolist()
+            for i in np.flatnonzero(kind == BERNOULLI).tolist():
+                entries[i] = {"type": "Bernoulli", "var": var[i],
+                              "p": min(max(p[rows[i] - self.discrete.num_indicators], SMALLEST), BELOW_ONE)}
+        if self.discrete is not None and self.discrete.num_categorical:
+            table = self.discrete.table().double()
+            for number, i in enumerate(np.flatnonzero(kind == CATEGORICAL).tolist()):
+                probs = torch.softmax(table[rows[i], : len(flat.probs[number])], dim=0).cpu().numpy()
+                probs = np.maximum(probs, SMALLEST)
+                entries[i] = {"type": "Categorical", "var": var[i], "probs": (probs / probs.sum()).tolist()}
+        if self.gaussian is not None:
+            mean = self.gaussian.mean.double().cpu().numpy().tolist()
+            std = torch.exp(self.gaussian.log_std.double()).cpu().numpy().tolist()
+            for i in np.flatnonzero(kind == GAUSSIAN).tolist():
+                entries[i] = {"type": "Gaussian", "var": var[i], "mean": mean[rows[i]],
+                              "std": min(max(std[rows[i]], SMALLEST), sys.float_info.max)}
+        for i, name in enumerate(flat.names):
+            if name is not None:  # the name goes second, as structure_to_dict writes it
+                entry = entries[i]
+                entries[i] = {"type": entry.pop("type"), "name": name, **entry}
+        return {"nodes": entries}
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> CompiledSPN:

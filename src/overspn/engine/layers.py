@@ -98,12 +98,15 @@ class ProductLayer(nn.Module):
         super().__init__()
         self.children_ = children
 
-    def forward(self, outputs: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: list[torch.Tensor] | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: node-major only, the ``(P, N)`` block to write the result into."""
         gathered = self.children_.gather(outputs)
         if isinstance(outputs, torch.Tensor):  # node-major: (P, A, N) -> (P, N)
             if self.children_.has_padding:
                 gathered = gathered.masked_fill(self.children_.pad_mask.unsqueeze(2), 0.0)
-            return gathered.sum(dim=1)
+            if self.children_.arity == 2:
+                return torch.add(gathered[:, 0], gathered[:, 1], out=out)
+            return torch.sum(gathered, dim=1, out=out)
         if self.children_.has_padding:
             gathered = gathered.masked_fill(self.children_.pad_mask, 0.0)
         return gathered.sum(dim=2)
@@ -118,9 +121,13 @@ class SumLayer(nn.Module):
         self.weights = weights
 
     def forward(self, outputs: list[torch.Tensor] | torch.Tensor, mode: str = "sum",
-                generator: Any = None) -> torch.Tensor:
+                generator: Any = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: node-major only, the ``(S, N)`` block to write the result into."""
         if isinstance(outputs, torch.Tensor):  # node-major: (S, A, N) -> (S, N), exact sums only
-            return torch.logsumexp(self.children_.gather(outputs) + self.weights.log_weights().unsqueeze(2), dim=1)
+            scores = self.children_.gather(outputs) + self.weights.log_weights().unsqueeze(2)
+            if self.children_.arity == 2:  # one kernel instead of log-sum-exp's max, subtract, exp, sum and log
+                return torch.logaddexp(scores[:, 0], scores[:, 1], out=out)
+            return torch.logsumexp(scores, dim=1, out=out)
         scores = self.children_.gather(outputs) + self.weights.log_weights()
         if mode == "sum":
             return logsumexp(scores, dim=2)
