@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,10 +59,11 @@ def _start(name: str, seed: int, budget: float, work: Path, extra: list[str]) ->
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), out, time.perf_counter()
 
 
-def run(datasets: list[str], seeds: list[int], budget: float, jobs: int, work: Path, extra: list[str]) -> list[dict]:
+def run(datasets: list[str], seeds: list[int], budget: float, jobs: int, work: Path, extra: list[str],
+        records: list[dict], save: Any) -> list[dict]:
+    """Runs every (data set, seed), adding a record to ``records`` and calling ``save(records)`` after each."""
     queue = [(name, seed) for name in datasets for seed in seeds]
     running: dict[int, tuple[str, int, Path, float]] = {}
-    records = []
     while queue or running:
         while queue and len(running) < jobs:
             name, seed = queue.pop(0)
@@ -80,7 +82,8 @@ def run(datasets: list[str], seeds: list[int], budget: float, jobs: int, work: P
             record.update({key: metrics[key] for key in ("test_llh", "valid_llh", "train_llh", "epochs",
                                                          "best_epoch", "stop_reason")},
                           training_seconds=metrics["seconds"], structure=metrics["structure"]["spec"])
-        records.append(record)
+        records[:] = [r for r in records if (r["data"], r["seed"]) != (name, seed)] + [record]
+        save(records)
         print(f"{name} seed {seed}: test {record.get('test_llh', float('nan')):.3f} "
               f"({record['wall_seconds']:.0f} s wall, {record['cpu_seconds']:.0f} s cpu, "
               f"{record['peak_memory_mb']:.0f} MB)", flush=True)
@@ -130,17 +133,29 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
     parser.add_argument("--work", type=Path, help="folder for the runs' outputs (default: a temporary one)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in --output (same budget) and add these seeds to them")
     parser.add_argument("extra", nargs="*", help="more arguments for overspn train (after --)")
     args = parser.parse_args()
+    records: list[dict] = []
+    if args.append and args.output.exists():
+        previous = json.loads(args.output.read_text())
+        if previous["time_budget"] != args.time_budget or previous["extra"] != args.extra:
+            parser.error(f"{args.output} holds runs with other settings; --append needs the same ones")
+        records = previous["runs"]
+
+    def save(records: list[dict]) -> None:
+        summary = summarise(records, list(DATASETS))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"time_budget": args.time_budget, "jobs": args.jobs, "extra": args.extra,
+                                           "published": PUBLISHED, "runs": records, "summary": summary},
+                                          indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench_structures_") as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        records = run(args.datasets, args.seeds, args.time_budget, args.jobs, work, args.extra)
-    summary = summarise(records, args.datasets)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"time_budget": args.time_budget, "jobs": args.jobs, "extra": args.extra,
-                                       "published": PUBLISHED, "runs": records, "summary": summary}, indent=2) + "\n")
-    print(table(summary, args.time_budget))
+        run(args.datasets, args.seeds, args.time_budget, args.jobs, work, args.extra, records, save)
+    print(table(summarise(records, list(DATASETS)), args.time_budget))
 
 
 if __name__ == "__main__":
