@@ -115,7 +115,8 @@ def table(summary: dict[str, dict], budget: float) -> str:
         published = " | ".join(f"{PUBLISHED[c][name]:.2f}" if name in PUBLISHED[c] else "–" for c in columns)
         met = "yes" if row["test_llh_mean"] >= row["target"] - 0.1 else "no"
         best = " (≥ best known)" if row["test_llh_mean"] >= row["best_known"] else ""
-        lines.append(f"| {name} | {row['test_llh_mean']:.2f} ± {row['test_llh_std']:.2f} ({len(row['seeds'])}) | "
+        spread = f" ± {row['test_llh_std']:.2f}" if len(row["seeds"]) > 1 else ""
+        lines.append(f"| {name} | {row['test_llh_mean']:.2f}{spread} ({len(row['seeds'])}) | "
                      f"{published} | {met}{best} | {row['wall_seconds_mean']:.0f} | {row['cpu_seconds_mean']:.0f} | "
                      f"{row['peak_memory_mb_max']:.0f} |")
     structures = sorted({row["structure"] for row in summary.values()})
