@@ -369,15 +369,46 @@ class RatSPN(SPNModule):
         return actual_weights(parameter, self.parametrisation)
 
 
+class _Bilinear(torch.autograd.Function):
+    """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``.
+
+    Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
+    product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
+    outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
+    of ``right`` and ``w``, and one matrix-vector product with the saved intermediate for ``left`` (autograd through
+    the elementwise form makes three more passes over tensors of that size)."""
+
+    @staticmethod
+    def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        blocks, rows, channels = left.shape
+        outputs = weights.shape[1]
+        partial = torch.bmm(right, weights.reshape(blocks, outputs * channels, channels).transpose(1, 2))
+        mixed = torch.bmm(partial.view(blocks * rows, outputs, channels), left.reshape(blocks * rows, channels, 1))
+        ctx.save_for_backward(left, right, weights, partial)
+        return mixed.view(blocks, rows, outputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        left, right, weights, partial = ctx.saved_tensors
+        blocks, rows, channels = left.shape
+        outputs = weights.shape[1]
+        outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
+        grad_right = torch.bmm(outer, weights.reshape(blocks, outputs * channels, channels))
+        grad_weights = torch.bmm(outer.transpose(1, 2), right).view(weights.shape)
+        grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
+                              partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
+        return grad_left, grad_right, grad_weights
+
+
 def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``.
 
     log sum_ij w_kij exp(a_i + b_j) = max a + max b + log sum_i exp(a_i - max a) sum_j w_kij exp(b_j - max b):
     the values stay in linear space, shifted per region. The mixing never forms the ``(N, K K)`` cross products:
     per region one batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the
-    weights, and an elementwise product with the left child's inputs, summed over them, finishes the bilinear form
-    (the same multiplications as cross products followed by ``(N, K K) @ (K K, K')``, without the cross-product
-    tensor and its backward reductions; measured faster at every width, see benchmarks/README.md).
+    weights and a batched matrix-vector product with the left child's inputs finishes the bilinear form, with a
+    hand-written backward (:class:`_Bilinear`); the same multiplications as cross products followed by
+    ``(N, K K) @ (K K, K')``, with fewer passes over tensors of that size (see benchmarks/README.md).
     ``weights`` ``(R, L/2, K', K K)`` (index ``i K + j``, i of the left child) are the actual weights divided by
     exp(``shift``).
     """
@@ -388,11 +419,10 @@ def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tens
     outputs = weights.shape[2]
     blocks = reps * regions
     # region-major (R L/2, N, K) operands, so that the batched products need no copies of their large results
-    left_exp = left_exp.permute(1, 2, 0, 3).reshape(blocks, rows, 1, channels)
+    left_exp = left_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
     right_exp = right_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    by_right = weights.reshape(blocks, outputs * channels, channels).transpose(1, 2)  # (B, K_j, K' K_i)
-    partial = torch.bmm(right_exp, by_right).view(blocks, rows, outputs, channels)
-    mixed = (partial * left_exp).sum(dim=3).view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
+    mixed = _Bilinear.apply(left_exp, right_exp, weights.reshape(blocks, outputs, channels, channels))
+    mixed = mixed.view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
     return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
 
 
