@@ -1,4 +1,4 @@
-"""``overspn compare``: implicit acceleration by depth against explicit momentum, Adam and depth as an optimiser.
+"""``overspn compare``: implicit acceleration by depth against explicit momentum, Adam and depth as an optimizer.
 
 Every method trains the paper's mixture of 8 products of indicator sums by full-batch gradient ascent on the mean
 log-likelihood, from the same start, for a fixed number of iterations:
@@ -12,7 +12,7 @@ log-likelihood, from the same start, for a fixed number of iterations:
 
 Protocols: ``paper`` (raw weights, lr 0.01, floor 1e-4, every weight or factor starting at 1e-4, perturbation 1e-12,
 500 iterations, NLTCS) and ``log`` (log-weights, lr 0.1, 1000 iterations, NLTCS, plants, baudio; under log-weights
-the depth optimiser factors the log-weight parameters themselves). For each protocol and data set the target
+the depth optimizer factors the log-weight parameters themselves). For each protocol and data set the target
 log-likelihood is the mean final train log-likelihood of plain gradient ascent (or ``--target``); every run reports
 the iterations it took to reach it. Seconds to the target are those iterations times the median cost of one step,
 measured separately with all methods interleaved in one process (so that a load change on the machine hits every
@@ -84,10 +84,10 @@ METHOD_LABELS = {
     "gd": "gradient ascent",
     "momentum": "heavy ball (momentum 0.9)",
     "adam": "Adam",
-    "depth2": "depth optimiser L=2",
-    "depth3": "depth optimiser L=3",
-    "depth4": "depth optimiser L=4",
-    "depth3-shared": "depth optimiser L=3, shared (2,2,2)",
+    "depth2": "depth optimizer L=2",
+    "depth3": "depth optimizer L=3",
+    "depth4": "depth optimizer L=4",
+    "depth3-shared": "depth optimizer L=3, shared (2,2,2)",
     "deep2": "deep SPN L=2 (2,4)",
     "deep3": "deep SPN L=3 (2,2,2)",
 }
@@ -95,7 +95,7 @@ DEEP_BRANCHING = {"deep2": (2, 4), "deep3": (2, 2, 2)}
 
 
 def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[CompiledSPN, torch.optim.Optimizer]:
-    """The model and optimiser of one method, started as the protocol says (optimisers minimise: :func:`fit` hands
+    """The model and optimizer of one method, started as the protocol says (optimizers minimise: :func:`fit` hands
     them the negative log-likelihood)."""
     raw = protocol.weights == "raw"
     lr, init, floor = protocol.lr, protocol.init, protocol.floor
@@ -369,8 +369,8 @@ def _csv(value: Any) -> str:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "compare", help="depth (implicit acceleration) against momentum, Adam and the depth optimiser",
-        description="Implicit acceleration by depth against explicit momentum, Adam and depth as an optimiser: every "
+        "compare", help="depth (implicit acceleration) against momentum, Adam and the depth optimizer",
+        description="Implicit acceleration by depth against explicit momentum, Adam and depth as an optimizer: every "
                     "method trains the paper's mixture of 8 products from the same start for a fixed number of "
                     "iterations; reports the iterations and seconds each needs to reach plain gradient ascent's "
                     "mean final train log-likelihood. Writes comparison.csv, comparison.json, comparison.md and one "

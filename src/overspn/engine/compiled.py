@@ -247,11 +247,11 @@ class CompiledSPN(SPNModule):
         ``use_compact``: use (and on first use compute) the compact one-hot of ``data``; worth it for data that is
         evaluated repeatedly, i.e. encoded by the caller.
         """
-        maximise = mode == "max"
+        maximize = mode == "max"
         generic = mode != "sum" or not self.fast
         rows = data.codes.shape[0]
         outputs: list[torch.Tensor] = []
-        table = self.discrete.table(maximise) if self.discrete is not None else None
+        table = self.discrete.table(maximize) if self.discrete is not None else None
         if table is not None:
             width = self.cardinality + 1
             if generic or self._inputs_read_directly:
@@ -262,7 +262,7 @@ class CompiledSPN(SPNModule):
         else:
             outputs.append(data.values.new_zeros((rows, 0)))
         if self.gaussian is not None:
-            outputs.append(self.gaussian(data.values, maximise))
+            outputs.append(self.gaussian(data.values, maximize))
         else:
             outputs.append(data.values.new_zeros((rows, 0)))
         if inputs_out is not None:

@@ -75,8 +75,8 @@ class DiscreteInputs(nn.Module):
             self.register_buffer("indicator_sum_states", None if states is None else torch.from_numpy(states),
                                  persistent=False)
 
-    def table(self, maximise: bool = False) -> torch.Tensor:
-        """The ``(J, C + 1)`` log-table; with ``maximise`` the last column is the max over states (max-product)."""
+    def table(self, maximize: bool = False) -> torch.Tensor:
+        """The ``(J, C + 1)`` log-table; with ``maximize`` the last column is the max over states (max-product)."""
         card = self.cardinality
         parts = [self.indicator_table]
         if self.num_bernoulli:
@@ -89,17 +89,17 @@ class DiscreteInputs(nn.Module):
             rows = torch.log_softmax(masked, dim=1)
             parts.append(torch.cat([rows, rows.new_zeros((len(rows), 1))], dim=1))
         if self.num_indicator_sums:
-            parts.append(self._indicator_sum_table(maximise))
+            parts.append(self._indicator_sum_table(maximize))
         table = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        if maximise:
+        if maximize:
             table = torch.cat([table[:, :card], table[:, :card].amax(dim=1, keepdim=True)], dim=1)
         return table
 
-    def _indicator_sum_table(self, maximise: bool) -> torch.Tensor:
+    def _indicator_sum_table(self, maximize: bool) -> torch.Tensor:
         card = self.cardinality
         log_w = self.indicator_sum_weights.log_weights()  # (S, A), -inf padding
         values = self.indicator_sum_values
-        if maximise:
+        if maximize:
             table = log_w.new_full((len(log_w), card + 2), -math.inf)
             table = table.scatter_reduce(1, values, log_w, reduce="amax")
             return table[:, : card + 1]
@@ -125,10 +125,10 @@ class GaussianInputs(nn.Module):
         self.log_std = nn.Parameter(torch.log(torch.from_numpy(np.asarray(std, dtype=np.float64))).to(dtype))
         self.register_buffer("var", torch.from_numpy(np.asarray(var, dtype=np.int64)), persistent=False)
 
-    def forward(self, x: torch.Tensor, maximise: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, maximize: bool = False) -> torch.Tensor:
         values = x[:, self.var]
         missing = torch.isnan(values)
-        if maximise:
+        if maximize:
             # max-product: a missing Gaussian takes its mode, the density at the mean
             values = torch.where(missing, self.mean.expand_as(values), values)
             return gaussian_log_density(values, self.mean, self.log_std)

@@ -44,7 +44,7 @@ def mpe(model: CompiledSPN, x: Any) -> torch.Tensor:
     with torch.no_grad():
         modes = None
         if model.discrete is not None:
-            modes = model.discrete.table(maximise=True)[:, : model.cardinality].argmax(dim=1).to(values.dtype)
+            modes = model.discrete.table(maximize=True)[:, : model.cardinality].argmax(dim=1).to(values.dtype)
         means = None if model.gaussian is None else model.gaussian.mean.detach()
         _fill(model, values, discrete_sel, gaussian_sel, modes, means)
     return values

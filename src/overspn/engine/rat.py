@@ -84,7 +84,7 @@ class RatSPN(SPNModule):
     """A RAT-SPN as a tensorised ``torch.nn.Module``; see the module docstring for the layout.
 
     ``weights``: "softmax" (each sum node normalised; the default for training), "log" (w = exp(p)) or "raw"
-    (w = p, kept >= ``floor`` after every optimiser step); with the latter two the network is unnormalised and
+    (w = p, kept >= ``floor`` after every optimizer step); with the latter two the network is unnormalised and
     :meth:`log_likelihood` subtracts the exact log-partition function (the network at the all-missing row).
     Input distributions are always normalised. NaN entries of the data are marginalised.
     """

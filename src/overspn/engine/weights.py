@@ -1,10 +1,10 @@
 """Sum-weight parametrisations, the one place that maps stored parameters to weights.
 
 * ``"raw"``: the parameter is the weight itself, kept ``>= floor`` by the model's :meth:`project_` after every
-  optimiser step (the paper's protocol); the network is unnormalised.
+  optimizer step (the paper's protocol); the network is unnormalised.
 * ``"log"``: the parameter is ``log w``; unnormalised.
 * ``"softmax"``: the parameter holds logits, normalised per sum node by a log-softmax; the network stays normalised
-  under any optimiser.
+  under any optimizer.
 
 In every case the partition function is computed exactly, so the choice changes the optimisation, never the model
 class.

@@ -1,1 +1,1 @@
-"""Learning: the training loop, optimisers, checkpoints and data-parallel training."""
+"""Learning: the training loop, optimizers, checkpoints and data-parallel training."""

@@ -1,7 +1,7 @@
 """The training loop of overspn: :func:`fit` maximises the mean log-likelihood of a model.
 
 The objective is ``mean_n log f(x_n) - log f(*)`` (the paper's, with the partition function exact). Optimisers
-minimise, so torch optimisers are handed its negative; plain SGD is then exactly the paper's gradient ascent
+minimise, so torch optimizers are handed its negative; plain SGD is then exactly the paper's gradient ascent
 ``p <- p + lr * grad``. After every update :func:`fit` calls ``model.project_()``, which puts raw weights back onto
 their floor.
 

@@ -1,9 +1,9 @@
-"""Depth as an optimiser: train a model's weights as if each were a product of ``L`` factors.
+"""Depth as an optimizer: train a model's weights as if each were a product of ``L`` factors.
 
 :class:`Overparametrized` keeps, for every parameter tensor ``p``, ``L`` factor tensors whose product is ``p``. A step
 runs plain gradient descent (or ascent) on the factors -- the gradient of a factor is the gradient of ``p`` times the
 product of the other factors -- and writes the new product back into ``p``. The model itself is unchanged: it still
-evaluates ``p`` directly, so inference costs what it cost before; only the optimiser's state grows.
+evaluates ``p`` directly, so inference costs what it cost before; only the optimizer's state grows.
 
 With ``branching=(b_0, ..., b_{L-1})`` a weight vector of ``K = prod(branching)`` entries (e.g. the weights of a sum
 node over ``K`` children) shares its factors the way :func:`overspn.overparametrize` does: layer ``l`` holds
