@@ -76,6 +76,7 @@ class CompiledSPN(SPNModule):
     kind = "compiled"
     #: evaluate through one flat tensor of node values when autograd is off (see the class docstring)
     flat_outputs: bool = True
+    discrete_vars: torch.Tensor
 
     def __init__(self, root: Node | FlatStructure, weights: str = "raw", floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32, num_vars: int | None = None, fast: bool = True):
@@ -204,7 +205,7 @@ class CompiledSPN(SPNModule):
                 module.set_flat_layout(self._flat_offsets, self._flat_widths)
         # whether the fast path needs the per-sample discrete input values besides the tabular products
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
-            0 in layer.children_.sources for layer in self.layers)
+            isinstance(layer, (ProductLayer, SumLayer)) and 0 in layer.children_.sources for layer in self.layers)
         # what to_structure needs: the structure's arrays and where every node's parameters live
         self._structure = flat
         self._layer_of, self._col_of = layer_of, col_of
@@ -239,8 +240,8 @@ class CompiledSPN(SPNModule):
             onehot = F.one_hot(codes, self.cardinality + 1).to(values.dtype).view(len(codes), -1)
         return EncodedData(codes, values, onehot, with_partition)
 
-    def _evaluate(self, data: EncodedData, mode: str = "sum", generator: Any = None,
-                  inputs_out: list[torch.Tensor] | None = None, use_compact: bool = False) -> torch.Tensor:
+    def _evaluate(self, data: EncodedData, use_compact: bool = False, *, mode: str = "sum", generator: Any = None,
+                  inputs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Root log-values ``(N,)``; ``mode`` is "sum" (exact), "max" (max-product) or "sample" (Gumbel selection).
 
         With ``inputs_out`` the input-layer outputs are appended to it, for backtracking by autograd.
@@ -280,6 +281,7 @@ class CompiledSPN(SPNModule):
             if generic:
                 tabular = self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
             else:
+                assert table is not None, "a tabular layer reads discrete inputs"
                 onehot, compact = data.onehot, data.compact if use_compact else None
                 if onehot is None:
                     onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(rows, -1)
@@ -326,6 +328,9 @@ class CompiledSPN(SPNModule):
         if self.gaussian is not None:
             mean = self.gaussian.mean.double().cpu().numpy()
             std = torch.exp(self.gaussian.log_std.double()).cpu().numpy()
+        num_indicators = num_bernoulli = 0
+        if self.discrete is not None:
+            num_indicators, num_bernoulli = self.discrete.num_indicators, self.discrete.num_bernoulli
         var, value = flat.var.tolist(), flat.value.tolist()
         built: list[Node] = []
         for i, node_kind in enumerate(kind):
@@ -333,9 +338,9 @@ class CompiledSPN(SPNModule):
             if node_kind == INDICATOR:
                 new: Node = Indicator(var[i], value[i], name=name)
             elif node_kind == BERNOULLI:
-                new = Bernoulli(var[i], float(bernoulli_p[row - self.discrete.num_indicators]), name=name)
+                new = Bernoulli(var[i], float(bernoulli_p[row - num_indicators]), name=name)
             elif node_kind == CATEGORICAL:
-                size = len(flat.probs[row - self.discrete.num_indicators - self.discrete.num_bernoulli])
+                size = len(flat.probs[row - num_indicators - num_bernoulli])
                 new = Categorical(var[i], torch.softmax(table[row, :size], dim=0).cpu().numpy(), name=name)
             elif node_kind == GAUSSIAN:
                 new = Gaussian(var[i], float(mean[row]), float(std[row]), name=name)
@@ -344,6 +349,7 @@ class CompiledSPN(SPNModule):
                 if node_kind == PRODUCT:
                     new = Product(children, name=name)
                 elif layer_of[i] == 0:
+                    assert discrete_weights is not None, "a sum among the inputs is an indicator sum"
                     new = Sum(children, discrete_weights[row - self._first_indicator_sum, : len(children)],
                               name=name)
                 else:
@@ -408,9 +414,9 @@ class CompiledSPN(SPNModule):
                 entries[i] = {"type": "Bernoulli", "var": var[i],
                               "p": min(max(p[rows[i] - self.discrete.num_indicators], SMALLEST), BELOW_ONE)}
         if self.discrete is not None and self.discrete.num_categorical:
-            table = self.discrete.table().double()
+            log_table = self.discrete.table().double()
             for number, i in enumerate(np.flatnonzero(kind == CATEGORICAL).tolist()):
-                probs = torch.softmax(table[rows[i], : len(flat.probs[number])], dim=0).cpu().numpy()
+                probs = torch.softmax(log_table[rows[i], : len(flat.probs[number])], dim=0).cpu().numpy()
                 probs = np.maximum(probs, SMALLEST)
                 entries[i] = {"type": "Categorical", "var": var[i], "probs": (probs / probs.sum()).tolist()}
         if self.gaussian is not None:

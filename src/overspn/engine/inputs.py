@@ -26,6 +26,11 @@ class DiscreteInputs(nn.Module):
     Rows are ordered: indicators, Bernoulli leaves, categorical leaves, indicator sums.
     """
 
+    indicator_table: torch.Tensor
+    categorical_mask: torch.Tensor
+    indicator_sum_values: torch.Tensor
+    indicator_sum_states: torch.Tensor | None
+
     def __init__(self, cardinality: int, parametrisation: str, dtype: torch.dtype, *,
                  indicator_values: np.ndarray, bernoulli_p: np.ndarray, categorical_probs: list[np.ndarray],
                  sum_owner: np.ndarray, sum_values: np.ndarray, sum_weights: np.ndarray, num_sums: int):
@@ -52,9 +57,9 @@ class DiscreteInputs(nn.Module):
             columns = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
             logits = np.full((len(lengths), card), -math.inf)
             logits[rows, columns] = np.log(np.concatenate(categorical_probs))
-            logits = torch.from_numpy(logits)
-            mask = torch.isinf(logits)
-            self.categorical_logits = nn.Parameter(torch.where(mask, 0.0, logits).to(dtype))
+            logit_table = torch.from_numpy(logits)
+            mask = torch.isinf(logit_table)
+            self.categorical_logits = nn.Parameter(torch.where(mask, 0.0, logit_table).to(dtype))
             self.register_buffer("categorical_mask", mask, persistent=False)
         if num_sums:
             lengths = np.bincount(sum_owner, minlength=num_sums)
@@ -118,6 +123,8 @@ class DiscreteInputs(nn.Module):
 
 class GaussianInputs(nn.Module):
     """Gaussian leaves evaluated together: ``(N, G)`` log-densities; missing values give log 1 = 0."""
+
+    var: torch.Tensor
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, var: np.ndarray, dtype: torch.dtype):
         super().__init__()

@@ -34,6 +34,8 @@ class Gather(nn.Module):
     index: torch.Tensor
     pad_mask: torch.Tensor
     flat_index: torch.Tensor
+    part_index: torch.Tensor | None
+    part_order: torch.Tensor
 
     def __init__(self, sources: list[int], index: np.ndarray, pad_mask: np.ndarray, source_width: int,
                  widths: list[int] | None = None):
@@ -148,6 +150,9 @@ class TabularProductLayer(nn.Module):
     log prod_j f_j(x_{v_j}) = sum_d table[j(d), code_d] = onehot(codes) ``(N, D (C+1))`` @ W ``(D (C+1), P)``,
     where W holds each child's table row in the block of its variable and zeros (log 1) elsewhere.
     """
+
+    source: torch.Tensor
+    missing_columns: torch.Tensor
 
     def __init__(self, num_vars: int, cardinality: int, num_table_rows: int, rows: np.ndarray, vars_: np.ndarray,
                  products: np.ndarray, num_products: int, generic: ProductLayer):

@@ -29,7 +29,13 @@ from torch import nn
 from overspn.engine.base import SPNModule
 from overspn.engine.encoding import EncodedData
 from overspn.engine.semiring import finite_max, gaussian_log_density, logsumexp
-from overspn.engine.weights import DEFAULT_FLOOR, actual_weights, linear_weights, to_parameter
+from overspn.engine.weights import (
+    DEFAULT_FLOOR,
+    actual_weights,
+    checked_weight_options,
+    linear_weights,
+    to_parameter,
+)
 from overspn.errors import ConfigurationError, ModelFileError
 from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
 
@@ -91,6 +97,7 @@ class RatSPN(SPNModule):
 
     kind = "rat"
     supports_em = True
+    region_membership: torch.Tensor
 
     def __init__(self, config: RatConfig, weights: str = "softmax", *, floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32):
@@ -157,7 +164,9 @@ class RatSPN(SPNModule):
         if not isinstance(settings, dict) or set(settings) != set(RatConfig.__dataclass_fields__):
             raise ModelFileError(f"the RAT-SPN configuration must name {sorted(RatConfig.__dataclass_fields__)}, "
                                  f"got {settings!r}")
-        return cls(RatConfig(**settings), config.get("weights"), floor=config.get("floor"), dtype=dtype)
+        rat_config = RatConfig(**settings)
+        weights, floor = checked_weight_options(config.get("weights"), config.get("floor"))
+        return cls(rat_config, weights, floor=floor, dtype=dtype)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ from torch import nn
 from overspn.engine.semiring import finite_max, log_or_minus_inf
 from overspn.errors import ConfigurationError
 
-__all__ = ["WEIGHT_PARAMETRISATIONS", "DEFAULT_FLOOR", "check_weight_options", "to_parameter", "log_weights",
-           "linear_weights", "actual_weights", "SumWeights"]
+__all__ = ["WEIGHT_PARAMETRISATIONS", "DEFAULT_FLOOR", "check_weight_options", "checked_weight_options",
+           "to_parameter", "log_weights", "linear_weights", "actual_weights", "SumWeights"]
 
 WEIGHT_PARAMETRISATIONS = ("raw", "log", "softmax")
 DEFAULT_FLOOR = 1e-4
@@ -35,6 +35,14 @@ def check_weight_options(weights: object, floor: object) -> None:
         raise ConfigurationError(f"weights must be one of {WEIGHT_PARAMETRISATIONS}, got {weights!r}")
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not (math.isfinite(floor) and floor >= 0):
         raise ConfigurationError(f"floor must be a finite number >= 0, got {floor!r}")
+
+
+def checked_weight_options(weights: object, floor: object) -> tuple[str, float]:
+    """``weights`` and ``floor`` as read from an untyped source (a model file), once :func:`check_weight_options`
+    has accepted them."""
+    check_weight_options(weights, floor)
+    assert isinstance(weights, str) and isinstance(floor, (int, float)), "accepted by check_weight_options"
+    return weights, floor
 
 
 def to_parameter(values: np.ndarray | torch.Tensor, parametrisation: str, dtype: torch.dtype) -> torch.Tensor:
@@ -83,6 +91,8 @@ class SumWeights(nn.Module):
 
     ``log_weights()`` returns the padded ``(S, A)`` matrix of log-weights; padding entries are -inf.
     """
+
+    index: torch.Tensor
 
     def __init__(self, weights: Sequence[np.ndarray], parametrisation: str, dtype: torch.dtype):
         super().__init__()

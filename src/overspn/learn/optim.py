@@ -202,6 +202,7 @@ class Overparametrized(torch.optim.Optimizer):
 
     def _update(self, parameter: torch.Tensor, factors: list[torch.Tensor], group: dict[str, Any]) -> None:
         size = factors[-1].shape[1]
+        assert parameter.grad is not None, "step() updates only parameters that have a gradient"
         gradient = parameter.grad.reshape(factors[-1].shape)
         if group["maximize"]:
             gradient = -gradient

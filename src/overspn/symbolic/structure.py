@@ -113,7 +113,7 @@ class Categorical(Leaf):
 
     __slots__ = ("probs",)
 
-    def __init__(self, var: int, probs: Sequence[float], name: str | None = None) -> None:
+    def __init__(self, var: int, probs: Sequence[float] | np.ndarray, name: str | None = None) -> None:
         super().__init__(var, name)
         self.probs = _frozen_vector(probs, "probs", self)
 
@@ -154,6 +154,7 @@ class Product(Node):
     """Product node: the product of its children, whose scopes must be disjoint (decomposability)."""
 
     __slots__ = ("children",)
+    children: tuple[Node, ...]
 
     def __init__(self, children: Iterable[Node], name: str | None = None) -> None:
         super().__init__(name)
@@ -167,8 +168,10 @@ class Sum(Node):
     """
 
     __slots__ = ("children", "weights")
+    children: tuple[Node, ...]
 
-    def __init__(self, children: Iterable[Node], weights: Sequence[float] | None = None, name: str | None = None):
+    def __init__(self, children: Iterable[Node], weights: Sequence[float] | np.ndarray | None = None,
+                 name: str | None = None):
         super().__init__(name)
         self.children = _node_tuple(children, self)
         self.weights = _frozen_vector(np.ones(len(self.children)) if weights is None else weights, "weights", self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -154,7 +155,7 @@ def collapse(root: Node) -> Node:
             collapsed[node] = Product([collapsed[c] for c in node.children], name=node.name)
         else:
             merged: dict[Node, float] = {}
-            for child, weight in zip(node.children, node.weights):
+            for child, weight in zip(node.children, cast(Sum, node).weights):
                 new_child = collapsed[child]
                 if isinstance(new_child, Sum):
                     for grandchild, inner in zip(new_child.children, new_child.weights):
