@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 
 def _number(text: str, convert: type, description: str, accept: object) -> float:
@@ -39,3 +40,10 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an int >= 0 (e.g. a seed)."""
     return int(_number(text, int, "an integer >= 0", lambda v: v >= 0))
+
+
+def output_path(text: str) -> Path:
+    """argparse type: a file or folder to write to; an empty name (which would mean the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file or folder name, got an empty one")
+    return Path(text)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from overspn.cli.argtypes import non_negative_int
+from overspn.cli.argtypes import non_negative_int, output_path
 
 RESULTS = Path("results")
 
@@ -64,7 +64,7 @@ class DatasetList(argparse.Action):
 
 
 def add_out(parser: argparse.ArgumentParser, default: str, what: str = "output folder") -> None:
-    parser.add_argument("--out", type=Path, metavar="PATH", help=f"{what} (default: {default})")
+    parser.add_argument("--out", type=output_path, metavar="PATH", help=f"{what} (default: {default})")
 
 
 def add_datasets(parser: argparse.ArgumentParser, default: str, alias: str | None = None) -> None:

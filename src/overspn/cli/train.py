@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from overspn import __version__
-from overspn.atomic import atomic_write_json, atomic_write_text
-from overspn.cli.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from overspn.atomic import atomic_write_json, atomic_write_text, output_lock, sweep_stale_temporaries
+from overspn.cli.argtypes import non_negative_float, non_negative_int, output_path, positive_float, positive_int
 from overspn.cli.options import (
     add_data_dir,
     add_quiet,
@@ -29,7 +29,6 @@ from overspn.cli.options import (
     set_threads,
 )
 from overspn.data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
-from overspn.engine.hclt import HCLT
 from overspn.engine.rat import LEAF_KINDS
 from overspn.errors import ConfigurationError, DataError, DivergenceError
 from overspn.learn.checkpoint import content_digest
@@ -57,13 +56,21 @@ def infer_leaf(*arrays: np.ndarray | None) -> tuple[str, int]:
 
 def _num_states(*arrays: np.ndarray | None) -> int:
     """Number of states of categorical data: one more than its largest value (at least 2)."""
-    return max(2, int(max(np.nanmax(a) for a in arrays if a is not None)) + 1)
+    observed = [a[~np.isnan(a)] for a in arrays if a is not None]
+    if not any(len(values) for values in observed):
+        raise DataError("the data has no observed value: every entry is missing, so there is nothing to learn "
+                        "the states of a categorical variable from")
+    return max(2, int(max(values.max() for values in observed if len(values))) + 1)
 
 
 def _load_data(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]:
     if (args.dataset is None) == (args.train is None):
         raise ConfigurationError("give either --dataset NAME or --train FILE.csv (not both)")
     if args.dataset is not None:
+        given = [option for option, value in (("--valid", args.valid), ("--test", args.test)) if value is not None]
+        if given:
+            raise ConfigurationError(f"{' and '.join(given)} cannot be combined with --dataset, which brings its own "
+                                     "validation and test splits; use --train with your own files instead")
         data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
         return data.name, data.train, data.valid, data.test
     arrays = [load_csv(path, allow_missing=True) if path is not None else None
@@ -154,9 +161,35 @@ def _run(args: argparse.Namespace) -> int:
                 "seed": args.seed}
     model = build_model(structure, train_data, leaf=leaf, cardinality=cardinality, seed=args.seed,
                         weights=args.weights, dtype=dtype)
+    splits = (train_data, valid_data, test_data)
+    _check_splits(model, args, name, *splits)
     layout = {"spec": structure.spec, **model.config.as_dict()}  # the full spec and the model's layout
     out = Path(args.out) if args.out is not None else _default_out(args, name)
     out.mkdir(parents=True, exist_ok=True)
+    first = not args.distributed or int(os.environ["RANK"]) == 0
+    if not first:
+        return _train(args, out, model, structure, settings, recipe, name, leaf, layout, splits)
+    sweep_stale_temporaries(out)
+    with output_lock(out, f"overspn train on {name}"):
+        return _train(args, out, model, structure, settings, recipe, name, leaf, layout, splits)
+
+
+def _check_splits(model: Any, args: argparse.Namespace, name: str, *splits: np.ndarray | None) -> None:
+    """Every split checked against the model before any time is spent training; errors name the file."""
+    files = (args.train, args.valid, args.test) if args.dataset is None else (None, None, None)
+    for split, rows, path in zip(("train", "valid", "test"), splits, files):
+        if rows is None:
+            continue
+        try:
+            model.check_data(rows)
+        except DataError as error:
+            where = str(path) if path is not None else f"the {split} split of {name}"
+            raise DataError(f"{where}: {error} (rows count from 0, blank lines skipped)") from error
+
+
+def _train(args: argparse.Namespace, out: Path, model: Any, structure: Any, settings: dict[str, Any], recipe: bool,
+           name: str, leaf: str, layout: dict[str, Any], splits: tuple[Any, Any, Any]) -> int:
+    train_data, valid_data, test_data = splits
     checkpoint = out / "checkpoint.pt"
     first = not args.distributed or int(os.environ["RANK"]) == 0
     if args.restart and first and checkpoint.exists():
@@ -193,14 +226,15 @@ def _run(args: argparse.Namespace) -> int:
         "structure": layout,
         "weights": args.weights,
         "dtype": args.dtype,
-        "settings": {**settings, "lr": settings["lr"] or (1.0 if recipe else DEFAULT_LEARNING_RATES[optimizer]),
+        "settings": {**settings,
+                     "lr": settings["lr"] or (1.0 if recipe else DEFAULT_LEARNING_RATES[settings["optimizer"]]),
                      "threads": torch.get_num_threads()},
     }
     written = _write_curves(out, history.entries, name, history.best_epoch, metrics["test_llh"])
     source = ({"dataset": args.dataset, "data_dir": None if args.data_dir is None else str(args.data_dir)}
               if args.dataset is not None else {"train": str(args.train), "valid": args.valid and str(args.valid),
                                                  "test": args.test and str(args.test)})
-    save(model if isinstance(model, HCLT) else model.to_compiled(), out / "model.ospn", metadata={
+    save(model, out / "model.ospn", metadata={
         "trained_by": f"overspn train {__version__}", "data": {"name": name, **source,
                                                                "rows": [int(len(a)) if a is not None else 0
                                                                         for a in (train_data, valid_data, test_data)]},
@@ -268,7 +302,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                "(default: 0.5; 1 keeps it fixed)")
     add_seed(training, "seed of the structure, the initialisation and the batch order, an integer >= 0")
     add_threads(training, default=None)
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--out", type=output_path, metavar="DIR",
                         help="output folder (default: results/train/NAME, NAME the data set or the --train file's "
                              "stem, with a short hash of the settings that differ from the defaults)")
     add_restart(parser)
