@@ -41,7 +41,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    output_lock,
+    sweep_stale_temporaries,
+)
 from overspn.data import BINARY_DATASETS, SKLEARN_DATASETS, Dataset, load_binary, load_csv, load_sklearn
 from overspn.engine.compiled import CompiledSPN, compile
 from overspn.errors import ConfigurationError, DataError, DivergenceError
@@ -311,9 +317,12 @@ def run_study(study: Study, out: str | Path, data_dir: str | Path | None = None,
     pending = [unit for unit in units if unit not in results]
     bar = tqdm(total=len(pending) * (study.iterations + 1), disable=not progress, desc=f"reproduce {study.protocol}",
                unit="it", dynamic_ncols=True)
+    # one study at a time per folder; temporaries of writes killed in an earlier attempt are removed
+    sweep_stale_temporaries(out, recursive=True)
     try:
-        for unit in pending:
-            results[unit] = _run_one(study, datasets[unit[0]], *unit, out, bar)
+        with output_lock(out, f"overspn reproduce --protocol {study.protocol}"):
+            for unit in pending:
+                results[unit] = _run_one(study, datasets[unit[0]], *unit, out, bar)
     finally:
         bar.close()
     if log is not None and len(pending) < len(units):
