@@ -272,34 +272,33 @@ def load_user_data(train: str | os.PathLike[str], valid: str | os.PathLike[str] 
     if kind not in DATA_KINDS:
         raise DataError(f"kind must be one of {DATA_KINDS}, got {kind!r}")
     binary, discrete = kind == "binary", kind == "discrete"
-    paths = {"train": train, "valid": valid, "test": test}
-    arrays: dict[str, np.ndarray | None] = {}
-    for split, path in paths.items():
+    train_array = load_csv(train, binary=binary, allow_missing=allow_missing, discrete=discrete)
+    width = train_array.shape[1]
+    arrays: dict[str, np.ndarray | None] = {"valid": None, "test": None}
+    paths: dict[str, str | os.PathLike[str]] = {}
+    for split, path in (("valid", valid), ("test", test)):
         if path is None:
-            arrays[split] = None
             continue
         array = load_csv(path, binary=binary, allow_missing=allow_missing, discrete=discrete)
-        arrays[split] = array
-        width = arrays["train"].shape[1]  # type: ignore[union-attr]
+        arrays[split], paths[split] = array, path
         if array.shape[1] != width:
             raise DataError(f"{path}: {array.shape[1]} columns, but the train file {train} has {width}")
     if kind == "continuous":
-        check_continuous(arrays["train"], f"{train}")  # type: ignore[arg-type]
+        check_continuous(train_array, f"{train}")
     if discrete:
-        states = np.nanmax(arrays["train"], axis=0)  # type: ignore[arg-type]
+        states = np.nanmax(train_array, axis=0)
         for split in ("valid", "test"):
-            array = arrays[split]
-            if array is None:
+            other = arrays[split]
+            if other is None:
                 continue
-            unseen = ~np.isnan(array) & (array > states)
+            unseen = ~np.isnan(other) & (other > states)
             if unseen.any():
                 row, column = (int(i) for i in np.argwhere(unseen)[0])
-                path = Path(paths[split])  # type: ignore[arg-type]
-                raise DataError(f"{path}, line {_line_of_row(path, row)}, column {column}: state "
-                                f"{int(array[row, column])} never occurs in column {column} of the train file {train} "
+                source = Path(paths[split])
+                raise DataError(f"{source}, line {_line_of_row(source, row)}, column {column}: state "
+                                f"{int(other[row, column])} never occurs in column {column} of the train file {train} "
                                 f"(states 0..{int(states[column])})")
-    return Dataset(name if name is not None else Path(train).stem, arrays["train"],  # type: ignore[arg-type]
-                   arrays["valid"], arrays["test"])
+    return Dataset(name if name is not None else Path(train).stem, train_array, arrays["valid"], arrays["test"])
 
 
 def load_sklearn(name: str, seed: int = 0, valid_fraction: float = 0.15, test_fraction: float = 0.15) -> Dataset:

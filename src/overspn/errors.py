@@ -6,6 +6,11 @@ once; the ones caused by a bad value also derive from :class:`ValueError`, the t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from overspn.learn.history import History
+
 
 class OverspnError(Exception):
     """Base class of every error raised by overspn."""
@@ -30,7 +35,7 @@ class ConfigurationError(OverspnError, ValueError):
 class DivergenceError(OverspnError, ArithmeticError):
     """Training produced a non-finite objective; the history up to that point is attached."""
 
-    def __init__(self, message: str, iteration: int, history: object = None) -> None:
+    def __init__(self, message: str, iteration: int, history: History | None = None) -> None:
         super().__init__(message)
         self.iteration = iteration
         self.history = history

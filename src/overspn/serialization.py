@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from itertools import chain, compress, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -179,14 +179,17 @@ def _flat_from_dict(description: Any) -> FlatStructure | None:
     mean, std = np.full(n, np.nan), np.full(n, np.nan)
     gaussian_mean, gaussian_std = numbers(column(rows(GAUSSIAN), "mean")), numbers(column(rows(GAUSSIAN), "std"))
     probs_lists = column(rows(CATEGORICAL), "probs")
-    if any(x is None for x in (own, leaf_var, indicator_value, bernoulli_p, gaussian_mean, gaussian_std)) or (
-            probs_lists and set(map(type, probs_lists)) != {list}):
+    if (own is None or leaf_var is None or indicator_value is None or bernoulli_p is None or gaussian_mean is None
+            or gaussian_std is None or (probs_lists and set(map(type, probs_lists)) != {list})):
         return None
     if (leaf_var < 0).any() or (indicator_value < 0).any():
         return None
-    probs = [numbers(values) for values in probs_lists]
-    if any(values is None for values in probs):
-        return None
+    probs: list[np.ndarray] = []
+    for values in probs_lists:
+        vector = numbers(values)
+        if vector is None:
+            return None
+        probs.append(vector)
     var[leaves], value[kind == INDICATOR], p[kind == BERNOULLI] = leaf_var, indicator_value, bernoulli_p
     mean[kind == GAUSSIAN], std[kind == GAUSSIAN] = gaussian_mean, gaussian_std
     # the nodes reachable from the last one, in the order topological_order gives the structure it describes
@@ -480,7 +483,7 @@ def _parameter_problem(model: SPNModule) -> str | None:
     return None
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -126,7 +126,8 @@ def build(method: str, protocol: Protocol, num_vars: int, seed: int) -> tuple[Co
             model = shallow(init**depth, floor**depth)
             root_parameter = root_weight_parameter(model)
             others = [p for p in model.parameters() if p is not root_parameter]
-            floors = {parameter: floor for parameter in others}  # the leaf weights keep the protocol's floor
+            # the leaf weights keep the protocol's floor
+            floors: dict[torch.Tensor, float] = {parameter: floor for parameter in others}
             floors[root_parameter] = floor**depth
             root_group: dict[str, Any] = {"params": [root_parameter], "depth": depth, "init": init,
                                           "factor_floor": floor}
@@ -152,6 +153,7 @@ def run_one(method: str, protocol: Protocol, dataset: Any, seed: int, iterations
         history = fit(model, dataset.train, optimizer=optimizer, epochs=iterations, callbacks=[timer],
                       deduplicate=False).train_llh
     except DivergenceError as error:
+        assert error.history is not None, "fit attaches its history to a divergence"
         diverged, history = True, error.history.train_llh
     seconds = [0.0, *itertools.accumulate(timer.seconds)][: len(history) + 1]
     with torch.no_grad():
@@ -289,7 +291,9 @@ def handle(args: argparse.Namespace) -> int:
         shutil.rmtree(out / "runs", ignore_errors=True)
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
     say(f"compare: {', '.join(methods)}; seeds {args.seed}..{args.seed + args.seeds - 1}; results in {out}")
-    sections, rows_csv, figures = [], [], []
+    sections: list[dict[str, Any]] = []
+    rows_csv: list[dict[str, Any]] = []
+    figures: list[Path] = []
     for name in protocols:
         protocol = PROTOCOLS[name]
         iterations = args.iterations if args.iterations is not None else protocol.iterations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def handle(args: argparse.Namespace) -> int:
             values.append(model.log_likelihood(rows[start:start + args.batch_size]).double().cpu().numpy())
     per_row = np.concatenate(values) if values else np.zeros(0)
     missing = np.isnan(rows).any(axis=1)
-    summary = {
+    summary: dict[str, Any] = {
         "model": str(args.model), "data": source, "rows": int(len(rows)),
         "rows_with_missing_values": int(missing.sum()),
         "mean_log_likelihood": float(per_row.mean()) if len(per_row) else None,

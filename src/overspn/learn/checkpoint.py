@@ -44,7 +44,7 @@ def content_digest(array: Any) -> str | None:
         return None
     values = np.ascontiguousarray(array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else array)
     digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
-    digest.update(memoryview(values).cast("B"))
+    digest.update(values.data.cast("B"))
     return digest.hexdigest()
 
 

@@ -185,7 +185,7 @@ class Overparametrized(torch.optim.Optimizer):
     # -- the step ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

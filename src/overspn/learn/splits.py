@@ -29,7 +29,7 @@ def evaluate(model: torch.nn.Module, data: Any, batch_size: int = 2000) -> float
 
 
 @torch.no_grad()
-def _total(model: torch.nn.Module, data: Any, batch_size: int) -> float:
+def _total(model: Any, data: Any, batch_size: int) -> float:
     total = 0.0
     for start in range(0, len(data), batch_size):
         total += float(model.log_likelihood(data[start: start + batch_size]).double().sum())
