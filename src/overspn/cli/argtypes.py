@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 
-def _number(text: str, convert: type, description: str, accept: object) -> float:
+def _number(text: str, convert: Callable[[str], float], description: str, accept: Callable[[float], bool]) -> float:
     try:
         value = convert(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-    if not accept(value):  # type: ignore[operator]
+    if not accept(value):
         raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
     return value
 

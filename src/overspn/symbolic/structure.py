@@ -812,4 +812,5 @@ def validate(root: Node) -> list[Node]:
     if flat is None:
         return _validate_slow(root)
     check_flat(flat, root)
-    return flat.nodes  # type: ignore[return-value]
+    assert flat.nodes is not None, "from_root keeps the nodes"
+    return flat.nodes

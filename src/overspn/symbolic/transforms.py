@@ -139,7 +139,8 @@ def overparametrize(root: Node, branching: Sequence[int] = (2, 2, 2), init: floa
         return Sum([node for node, _ in subtrees], edge, name=name), total
 
     new_root, _ = build(0, 0, len(components))
-    return new_root  # type: ignore[return-value]
+    assert isinstance(new_root, Sum), "branching is not empty, so the top layer is a sum"
+    return new_root
 
 
 def collapse(root: Node) -> Node:
