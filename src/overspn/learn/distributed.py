@@ -6,6 +6,8 @@ before every step, so the parameters follow single-process training up to roundi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -37,7 +39,7 @@ class Processes:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return float(tensor)
 
-    def sum_gradients(self, parameters: list[torch.Tensor]) -> None:
+    def sum_gradients(self, parameters: Sequence[torch.Tensor]) -> None:
         """Replace every gradient by its sum over the processes (a missing gradient counts as zeros)."""
         if self.size == 1:
             return
