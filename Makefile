@@ -44,7 +44,7 @@ figures: install
 		--gaussian results/gaussian-500 --dynamics results/dynamics/nltcs-2x2x2 --out docs/results
 
 bench: install
-	$(BIN)/python benchmarks/bench_paper_model.py
+	$(BIN)/python benchmarks/bench_engine.py --out benchmarks/results/engine.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
