@@ -28,7 +28,13 @@ from torch import nn
 from overspn.engine.base import SPNModule
 from overspn.engine.encoding import EncodedData
 from overspn.engine.semiring import finite_max
-from overspn.engine.weights import DEFAULT_FLOOR, actual_weights, linear_weights, to_parameter
+from overspn.engine.weights import (
+    DEFAULT_FLOOR,
+    actual_weights,
+    checked_weight_options,
+    linear_weights,
+    to_parameter,
+)
 from overspn.errors import ConfigurationError, DataError, ModelFileError
 from overspn.symbolic.structure import Bernoulli, Categorical, Leaf, Node, Product, Sum
 
@@ -119,6 +125,9 @@ class HCLT(SPNModule):
 
     kind = "hclt"
     supports_em = True
+    parent_local: torch.Tensor
+    table_offset: torch.Tensor
+    order_index: torch.Tensor
 
     def __init__(self, config: HCLTConfig, weights: str = "softmax", *, floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32):
@@ -127,6 +136,7 @@ class HCLT(SPNModule):
         super().__init__(config.num_vars, np.full(config.num_vars, config.cardinality), weights, floor, dtype)
         self.config = config
         num, latent, card = config.num_vars, config.latent, config.cardinality
+        assert config.parents is not None, "HCLTConfig fills in the default tree"
         parents = np.asarray(config.parents, dtype=np.int64)
         self.order, self.starts = _breadth_first(config.parents)
         self.position = np.empty(num, dtype=np.int64)
@@ -194,7 +204,9 @@ class HCLT(SPNModule):
         if not isinstance(settings, dict) or set(settings) != set(HCLTConfig.__dataclass_fields__):
             raise ModelFileError(f"the HCLT configuration must name {sorted(HCLTConfig.__dataclass_fields__)}, "
                                  f"got {settings!r}")
-        return cls(HCLTConfig(**settings), config.get("weights"), floor=config.get("floor"), dtype=dtype)
+        hclt_config = HCLTConfig(**settings)
+        weights, floor = checked_weight_options(config.get("weights"), config.get("floor"))
+        return cls(hclt_config, weights, floor=floor, dtype=dtype)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
 
@@ -343,6 +355,7 @@ class HCLT(SPNModule):
         edge = actual_weights(self.edge_weights, self.parametrisation)
         sums: list[list[list[Node]]] = [[] for _ in range(self.num_vars)]  # sums[v][c][j]: child c's sums
         parents = self.config.parents
+        assert parents is not None, "HCLTConfig fills in the default tree"
         for position in range(self.num_vars - 1, -1, -1):  # deepest first
             v = int(self.order[position])
             products = [Product([leaves[v][k], *(s[k] for s in sums[v])]) if sums[v] else leaves[v][k]
