@@ -46,7 +46,7 @@ DEFAULT_LEARNING_RATES = {"adam": 0.02, "sgd": 0.5, "em": 0.05}
 OptimizerSpec = str | torch.optim.Optimizer | Callable[..., torch.optim.Optimizer]
 
 
-def fit(model: torch.nn.Module, train: Any, valid: Any = None, *, test: Any = None, optimizer: OptimizerSpec = "adam",
+def fit(model: SPNModule, train: Any, valid: Any = None, *, test: Any = None, optimizer: OptimizerSpec = "adam",
         lr: float | None = None, batch_size: int | None = None, epochs: int = 100, patience: int | None = None,
         lr_decay: float = 1.0, time_budget: float | None = None, seed: int = 0, callbacks: Iterable[Any] = (),
         progress: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 1,
@@ -173,7 +173,7 @@ def _epoch_order(seed: int, epoch: int, rows: int) -> torch.Tensor:
 class _Run:
     """The state of one training run: parameters to restore, the best ones, the history, and the loop."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rate: float,
+    def __init__(self, model: SPNModule, optimizer: torch.optim.Optimizer | None, rate: float,
                  splits: dict[str, Any], processes: Processes, callbacks: list[Any], settings: dict[str, Any]) -> None:
         self.model, self.optimizer, self.em_rate = model, optimizer, rate
         self.splits, self.processes, self.callbacks, self.settings = splits, processes, callbacks, settings
@@ -286,6 +286,7 @@ class _Run:
         with torch.no_grad():
             for saved, parameter in zip(self.last_finite, self.parameters):
                 saved.copy_(parameter)
+        assert self.optimizer is not None, "gradient steps are taken only with an optimizer (EM has none)"
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.processes.sum_gradients(self.parameters)
