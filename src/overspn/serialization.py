@@ -36,26 +36,10 @@ from overspn.limits import (
     layout_estimate,
     load_limit,
 )
-from overspn.symbolic.structure import (
-    BERNOULLI,
-    CATEGORICAL,
-    GAUSSIAN,
-    INDICATOR,
-    PRODUCT,
-    SUM,
-    Bernoulli,
-    Categorical,
-    FlatStructure,
-    Gaussian,
-    Indicator,
-    Node,
-    Product,
-    Sum,
-    _permute,
-    _postorder,
-    check_flat,
-    topological_order,
-)
+from overspn.symbolic.csr import permute, postorder
+from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
+from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order
+from overspn.symbolic.validation import check_flat
 
 __all__ = ["save", "load", "read_header", "structure_to_dict", "structure_from_dict"]
 
@@ -193,11 +177,11 @@ def _flat_from_dict(description: Any) -> FlatStructure | None:
     var[leaves], value[kind == INDICATOR], p[kind == BERNOULLI] = leaf_var, indicator_value, bernoulli_p
     mean[kind == GAUSSIAN], std[kind == GAUSSIAN] = gaussian_mean, gaussian_std
     # the nodes reachable from the last one, in the order topological_order gives the structure it describes
-    order = _postorder(ptr, child, n - 1)
+    order = postorder(ptr, child, n - 1)
     if order is None:
         return None
     if len(order) != n or not np.array_equal(order, np.arange(n)):
-        ptr, child = _permute(ptr, child, order)
+        ptr, child = permute(ptr, child, order)
         own_parts = np.split(own, weight_ptr[1:-1])
         kept = order.tolist()
         own = np.concatenate([own_parts[i] for i in kept]) if len(own) else own

@@ -39,24 +39,10 @@ from overspn.engine.inputs import DiscreteInputs, GaussianInputs
 from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProductLayer
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
-from overspn.symbolic.structure import (
-    BERNOULLI,
-    CATEGORICAL,
-    GAUSSIAN,
-    INDICATOR,
-    PRODUCT,
-    SUM,
-    Bernoulli,
-    Categorical,
-    FlatStructure,
-    Gaussian,
-    Indicator,
-    Node,
-    Product,
-    Sum,
-    _edges_of,
-    flatten,
-)
+from overspn.symbolic.csr import edges_of
+from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
+from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum
+from overspn.symbolic.validation import flatten
 
 __all__ = ["compile_structure", "compile", "CompiledSPN"]
 
@@ -149,7 +135,7 @@ class CompiledSPN(SPNModule):
         self.discrete = None
         if len(discrete):
             sums = groups_of_inputs[3]
-            edges, owner = _edges_of(ptr, sums)
+            edges, owner = edges_of(ptr, sums)
             self.discrete = DiscreteInputs(
                 card, self.parametrisation, dtype, indicator_values=flat.value[groups_of_inputs[0]],
                 bernoulli_p=flat.p[groups_of_inputs[1]], categorical_probs=flat.probs,
@@ -170,7 +156,7 @@ class CompiledSPN(SPNModule):
         self.layers = nn.ModuleList()
         self.tabular: TabularProductLayer | None = None
         if len(tabular):
-            edges, owner = _edges_of(ptr, tabular)
+            edges, owner = edges_of(ptr, tabular)
             rows = col_of[child[edges]]
             generic = ProductLayer(self._gather(flat, tabular, layer_of, col_of, widths))
             self.tabular = TabularProductLayer(num_vars, card, len(discrete), rows, var_of[child[edges]], owner,
@@ -187,7 +173,7 @@ class CompiledSPN(SPNModule):
         for nodes in np.split(rest, bounds) if len(rest) else []:
             gather = self._gather(flat, nodes, layer_of, col_of, widths)
             if kind[nodes[0]] == SUM:
-                edges, _ = _edges_of(ptr, nodes)
+                edges, _ = edges_of(ptr, nodes)
                 weights = np.split(flat.weights[edges], np.cumsum(count[nodes])[:-1])
                 layer: nn.Module = SumLayer(gather, SumWeights(weights, self.parametrisation, dtype))
             else:
@@ -214,7 +200,7 @@ class CompiledSPN(SPNModule):
     @staticmethod
     def _gather(flat: FlatStructure, nodes: np.ndarray, layer_of: np.ndarray, col_of: np.ndarray,
                 widths: list[int]) -> Gather:
-        edges, owner = _edges_of(flat.ptr, nodes)
+        edges, owner = edges_of(flat.ptr, nodes)
         children = flat.child[edges]
         source_layer = layer_of[children]
         sources = np.unique(source_layer).tolist()
@@ -388,13 +374,13 @@ class CompiledSPN(SPNModule):
         weights = np.zeros(len(flat.child))
         if self.discrete is not None and self.discrete.num_indicator_sums:
             sums = np.flatnonzero((kind == SUM) & (layer_of == 0))
-            edges, owner = _edges_of(ptr, sums)
+            edges, owner = edges_of(ptr, sums)
             table = self.discrete.indicator_sum_weights.weights().double().cpu().numpy()
             weights[edges] = table[col_of[sums][owner] - self._first_indicator_sum, edges - ptr[sums][owner]]
         for output, layer in enumerate(self.layers, start=self._first_inner_output):
             if isinstance(layer, SumLayer):
                 sums = np.flatnonzero(layer_of == output)
-                edges, owner = _edges_of(ptr, sums)
+                edges, owner = edges_of(ptr, sums)
                 table = layer.weights.weights().double().cpu().numpy()
                 weights[edges] = table[col_of[sums][owner], edges - ptr[sums][owner]]
         child, weight_list = flat.child.tolist(), weights.tolist()
