@@ -14,10 +14,8 @@ import io
 import json
 import math
 import os
-import sys
 import zipfile
-from collections.abc import Callable, Iterable
-from itertools import chain, compress, repeat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -29,6 +27,7 @@ from overspn.engine.base import MODEL_KINDS, SPNModule
 from overspn.engine.weights import WEIGHT_PARAMETRISATIONS
 from overspn.errors import ModelFileError, OverspnError
 from overspn.limits import (
+    StoredArray,
     check_arrays,
     check_estimate,
     describe_bytes,
@@ -36,221 +35,23 @@ from overspn.limits import (
     layout_estimate,
     load_limit,
 )
-from overspn.symbolic.csr import permute, postorder
-from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
-from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum, topological_order
-from overspn.symbolic.validation import check_flat
+from overspn.structure_json import (  # noqa: F401 (re-exported: the structure of a model file, read and written)
+    BELOW_ONE,
+    SMALLEST,
+    flat_structure_from_dict,
+    in_float_range,
+    is_number,
+    shorten,
+    structure_for_file,
+    structure_from_dict,
+    structure_to_dict,
+)
 
 __all__ = ["save", "load", "read_header", "structure_to_dict", "structure_from_dict"]
 
 FORMAT = "overspn-model"
 VERSION = 2  # version 1: compiled structures only, without "kind"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def structure_to_dict(root: Node) -> dict[str, Any]:
-    """A JSON-compatible description of a structure (shared nodes are stored once)."""
-    order = topological_order(root)
-    number = {node: i for i, node in enumerate(order)}
-    nodes = []
-    for node in order:
-        entry: dict[str, Any] = {"type": type(node).__name__}
-        if node.name is not None:
-            entry["name"] = node.name
-        if isinstance(node, (Sum, Product)):
-            entry["children"] = [number[c] for c in node.children]
-        if isinstance(node, Sum):
-            entry["weights"] = node.weights.tolist()
-        elif isinstance(node, Indicator):
-            entry.update(var=node.var, value=node.value)
-        elif isinstance(node, Bernoulli):
-            entry.update(var=node.var, p=node.p)
-        elif isinstance(node, Categorical):
-            entry.update(var=node.var, probs=node.probs.tolist())
-        elif isinstance(node, Gaussian):
-            entry.update(var=node.var, mean=node.mean, std=node.std)
-        nodes.append(entry)
-    return {"nodes": nodes}
-
-
-def structure_from_dict(description: dict[str, Any]) -> Node:
-    """Rebuild a structure from :func:`structure_to_dict`'s output; raises ModelFileError when malformed."""
-    if not isinstance(description, dict) or not isinstance(description.get("nodes"), list):
-        raise ModelFileError("malformed structure description: expected an object with a list of 'nodes'")
-    entries = description["nodes"]
-    if not entries:
-        raise ModelFileError("the structure description has no nodes")
-    built: list[Node] = []
-    for number, entry in enumerate(entries):
-        try:
-            built.append(_node_from_entry(entry, number, built))
-        except ModelFileError:
-            raise
-        except OverspnError as error:
-            raise ModelFileError(f"node {number}: {error}") from error
-        except OverflowError as error:
-            raise ModelFileError(f"node {number} holds a number out of range ({error})") from error
-        except (KeyError, TypeError, AttributeError, ValueError) as error:
-            raise ModelFileError(f"node {number} is malformed ({type(error).__name__}: {error})") from error
-    return built[-1]
-
-
-_KIND_CODES = {"Indicator": INDICATOR, "Bernoulli": BERNOULLI, "Categorical": CATEGORICAL, "Gaussian": GAUSSIAN,
-               "Sum": SUM, "Product": PRODUCT}
-
-
-def flat_structure_from_dict(description: Any) -> FlatStructure | None:
-    """The flat form of a valid structure description, read with numpy over all entries at once; None when the
-    description is anything but plainly well-formed and valid (:func:`structure_from_dict` and ``validate`` then
-    find and name the problem node by node)."""
-    try:
-        return _flat_from_dict(description)
-    except (TypeError, ValueError, OverflowError, KeyError, IndexError):
-        return None
-
-
-def _flat_from_dict(description: Any) -> FlatStructure | None:
-    if not isinstance(description, dict) or not isinstance(description.get("nodes"), list):
-        return None
-    entries = description["nodes"]
-    n = len(entries)
-    if not n or set(map(type, entries)) != {dict}:
-        return None
-
-    def column(rows: Iterable[dict[str, Any]], key: str) -> list[Any]:
-        return list(map(dict.get, rows, repeat(key)))
-
-    def numbers(values: list[Any], integer: bool = False) -> np.ndarray | None:
-        accepted = {int} if integer else {int, float}
-        if not set(map(type, values)) <= accepted:
-            return None
-        return np.array(values, dtype=np.int64 if integer else np.float64).reshape(len(values))
-
-    kind = np.fromiter(map(_KIND_CODES.get, column(entries, "type"), repeat(-1)), np.int8, n)
-    names = column(entries, "name")
-    if (kind < 0).any() or not set(map(type, names)) <= {type(None), str}:
-        return None
-
-    def rows(*codes: int) -> list[dict[str, Any]]:
-        return list(compress(entries, np.isin(kind, codes).tolist()))
-
-    inner = kind >= SUM
-    children = column(rows(SUM, PRODUCT), "children")
-    if children and set(map(type, children)) != {list}:
-        return None
-    count = np.zeros(n, np.int64)
-    count[inner] = np.fromiter(map(len, children), np.int64, len(children))
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(count, out=ptr[1:])
-    child = numbers(list(chain.from_iterable(children)), integer=True)
-    if child is None or ((child < 0) | (child >= np.repeat(np.arange(n), count))).any():
-        return None
-    weight_lists = column(rows(SUM), "weights")
-    if weight_lists and set(map(type, weight_lists)) != {list}:
-        return None
-    weight_count = np.zeros(n, np.int64)
-    weight_count[kind == SUM] = np.fromiter(map(len, weight_lists), np.int64, len(weight_lists))
-    weight_ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(weight_count, out=weight_ptr[1:])
-    own = numbers(list(chain.from_iterable(weight_lists)))
-    leaves = ~inner
-    var = np.full(n, -1, np.int64)
-    leaf_var = numbers(column(rows(INDICATOR, BERNOULLI, CATEGORICAL, GAUSSIAN), "var"), integer=True)
-    value = np.full(n, -1, np.int64)
-    indicator_value = numbers(column(rows(INDICATOR), "value"), integer=True)
-    p = np.full(n, np.nan)
-    bernoulli_p = numbers(column(rows(BERNOULLI), "p"))
-    mean, std = np.full(n, np.nan), np.full(n, np.nan)
-    gaussian_mean, gaussian_std = numbers(column(rows(GAUSSIAN), "mean")), numbers(column(rows(GAUSSIAN), "std"))
-    probs_lists = column(rows(CATEGORICAL), "probs")
-    if (own is None or leaf_var is None or indicator_value is None or bernoulli_p is None or gaussian_mean is None
-            or gaussian_std is None or (probs_lists and set(map(type, probs_lists)) != {list})):
-        return None
-    if (leaf_var < 0).any() or (indicator_value < 0).any():
-        return None
-    probs: list[np.ndarray] = []
-    for values in probs_lists:
-        vector = numbers(values)
-        if vector is None:
-            return None
-        probs.append(vector)
-    var[leaves], value[kind == INDICATOR], p[kind == BERNOULLI] = leaf_var, indicator_value, bernoulli_p
-    mean[kind == GAUSSIAN], std[kind == GAUSSIAN] = gaussian_mean, gaussian_std
-    # the nodes reachable from the last one, in the order topological_order gives the structure it describes
-    order = postorder(ptr, child, n - 1)
-    if order is None:
-        return None
-    if len(order) != n or not np.array_equal(order, np.arange(n)):
-        ptr, child = permute(ptr, child, order)
-        own_parts = np.split(own, weight_ptr[1:-1])
-        kept = order.tolist()
-        own = np.concatenate([own_parts[i] for i in kept]) if len(own) else own
-        weight_count = weight_count[order]
-        weight_ptr = np.zeros(len(order) + 1, np.int64)
-        np.cumsum(weight_count, out=weight_ptr[1:])
-        is_categorical = (kind == CATEGORICAL).tolist()
-        categorical_number = np.cumsum(kind == CATEGORICAL) - 1
-        probs = [probs[categorical_number[i]] for i in kept if is_categorical[i]]
-        names = [names[i] for i in kept]
-        kind, var, value, p, mean, std = kind[order], var[order], value[order], p[order], mean[order], std[order]
-    for values in probs:
-        values.setflags(write=False)
-    flat = FlatStructure(kind, ptr, child, var, value, own, weight_ptr, p, mean, std, probs, names, None)
-    return flat if check_flat(flat, None) else None
-
-
-def _node_from_entry(entry: Any, number: int, built: list[Node]) -> Node:
-    if not isinstance(entry, dict):
-        raise ModelFileError(f"node {number} is not an object: {entry!r}")
-    kind, name = entry.get("type"), entry.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ModelFileError(f"node {number} has a name that is not a string: {name!r}")
-    if kind in ("Sum", "Product"):
-        children = []
-        for child in entry["children"]:
-            if isinstance(child, bool) or not isinstance(child, int) or not 0 <= child < number:
-                raise ModelFileError(f"node {number} refers to child {child!r}, which is not an earlier node")
-            children.append(built[child])
-        if kind == "Sum":
-            return Sum(children, _numbers(entry["weights"], number, "weights"), name=name)
-        return Product(children, name=name)
-    if kind == "Indicator":
-        return Indicator(entry["var"], entry["value"], name=name)
-    if kind == "Bernoulli":
-        return Bernoulli(entry["var"], _numbers(entry["p"], number, "p"), name=name)
-    if kind == "Categorical":
-        return Categorical(entry["var"], _numbers(entry["probs"], number, "probs"), name=name)
-    if kind == "Gaussian":
-        return Gaussian(entry["var"], _numbers(entry["mean"], number, "mean"), _numbers(entry["std"], number, "std"),
-                        name=name)
-    raise ModelFileError(f"node {number} has unknown type {kind!r}")
-
-
-def _numbers(value: Any, number: int, field: str) -> Any:
-    """``value`` when it is a number or a flat list of numbers (JSON booleans are not numbers) that a float holds."""
-    items = value if isinstance(value, list) else [value]
-    if not all(_is_number(item) for item in items):
-        raise ModelFileError(f"node {number}: {field} must be numbers, got {_shorten(value)}")
-    if not all(_float_range(item) for item in items):
-        raise ModelFileError(f"node {number}: {field} holds a number beyond the range of a float: {_shorten(value)}")
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _float_range(value: int | float) -> bool:
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
-
-
-def _shorten(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def save(model: SPNModule, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
@@ -355,7 +156,24 @@ def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) 
         json_limit_check(archive.getinfo("model.json"), limit)
     except ModelFileError as error:
         raise ModelFileError(f"{path}: {error}") from error
-    header = json.loads(archive.read("model.json"))
+    header, kind = _checked_header(path, json.loads(archive.read("model.json")))
+    dtype = _DTYPES[header["dtype"]]
+    try:
+        # budgets before allocation: the stored arrays' headers and the declared layout, read without building
+        arrays, stored_bytes = check_arrays(archive)
+        _check_budget(kind, header, dtype, arrays, stored_bytes, limit)
+        model = MODEL_KINDS[kind].from_file_config(header, dtype)
+    except ModelFileError as error:
+        raise ModelFileError(f"{path}: {error}") from error
+    model.load_state_dict(_stored_state(path, archive, names, arrays, model))
+    problem = _parameter_problem(model)
+    if problem is not None:
+        raise ModelFileError(f"{path}: the stored parameters do not make a usable model: {problem}")
+    return model
+
+
+def _checked_header(path: Path, header: Any) -> tuple[dict[str, Any], str]:
+    """The header of a model file and its model kind, once its format, version, kind and fields are checked."""
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise ModelFileError(f"{path}: not an overspn model file (format {found!r}, expected {FORMAT!r})")
@@ -374,25 +192,30 @@ def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) 
         if field not in header:
             raise ModelFileError(f"{path}: the header has no field {field!r}")
         if not accepted(header[field]):
-            raise ModelFileError(f"{path}: header field {field!r} has an invalid value {_shorten(header[field])}")
-    dtype = _DTYPES[header["dtype"]]
-    try:
-        # budgets before allocation: the stored arrays' headers and the declared layout, read without building
-        arrays, stored_bytes = check_arrays(archive)
-        estimate = layout_estimate(kind, header, dtype.itemsize)
-        if estimate is not None:
-            check_estimate(estimate, stored_bytes, limit)
-            stored = sum(array.size for array in arrays.values())
-            # a small shortfall is reported precisely, parameter by parameter, once the (small) model is built
-            if estimate.parameters > 2 * stored + 4096:
-                raise ModelFileError(f"its layout declares at least {estimate.parameters} parameters, but the file "
-                                     f"stores {stored} values")
-        elif stored_bytes > limit[0]:
-            raise ModelFileError(f"its parameters take {describe_bytes(stored_bytes)}, more than the limit of "
-                                 f"{limit[1]}")
-        model = MODEL_KINDS[kind].from_file_config(header, dtype)
-    except ModelFileError as error:
-        raise ModelFileError(f"{path}: {error}") from error
+            raise ModelFileError(f"{path}: header field {field!r} has an invalid value {shorten(header[field])}")
+    return header, kind
+
+
+def _check_budget(kind: str, header: dict[str, Any], dtype: torch.dtype, arrays: dict[str, StoredArray],
+                  stored_bytes: int, limit: tuple[int, str]) -> None:
+    """Raise ModelFileError when the declared layout or the stored arrays would take more memory than ``limit``,
+    or the layout declares far more parameters than the file stores."""
+    estimate = layout_estimate(kind, header, dtype.itemsize)
+    if estimate is not None:
+        check_estimate(estimate, stored_bytes, limit)
+        stored = sum(array.size for array in arrays.values())
+        # a small shortfall is reported precisely, parameter by parameter, once the (small) model is built
+        if estimate.parameters > 2 * stored + 4096:
+            raise ModelFileError(f"its layout declares at least {estimate.parameters} parameters, but the file "
+                                 f"stores {stored} values")
+    elif stored_bytes > limit[0]:
+        raise ModelFileError(f"its parameters take {describe_bytes(stored_bytes)}, more than the limit of "
+                             f"{limit[1]}")
+
+
+def _stored_state(path: Path, archive: zipfile.ZipFile, names: set[str], arrays: dict[str, StoredArray],
+                  model: SPNModule) -> dict[str, torch.Tensor]:
+    """The stored parameters of ``model``, each checked for presence, shape and a floating-point dtype."""
     state = {}
     for key, expected in model.state_dict().items():
         entry = f"tensors/{key}.npy"
@@ -408,31 +231,7 @@ def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) 
             raise ModelFileError(
                 f"{path}: parameter {key!r} has shape {array.shape}, expected {tuple(expected.shape)}")
         state[key] = torch.from_numpy(array).to(expected.dtype)
-    model.load_state_dict(state)
-    problem = _parameter_problem(model)
-    if problem is not None:
-        raise ModelFileError(f"{path}: the stored parameters do not make a usable model: {problem}")
-    return model
-
-
-def structure_for_file(root: Node) -> dict[str, Any]:
-    """The structure for a file header. Its leaf parameters only shape the model (the exact values are the stored
-    tensors), so values that rounded onto the edge of their range (p = 1 from a large logit, std = 0 from a very
-    negative log-std) are moved just inside it, where the structure validates."""
-    description = structure_to_dict(root)
-    for entry in description["nodes"]:
-        if entry["type"] == "Bernoulli":
-            entry["p"] = min(max(entry["p"], _SMALLEST), _BELOW_ONE)
-        elif entry["type"] == "Categorical":
-            probs = np.maximum(np.asarray(entry["probs"]), _SMALLEST)
-            entry["probs"] = (probs / probs.sum()).tolist()
-        elif entry["type"] == "Gaussian":
-            entry["std"] = min(max(entry["std"], _SMALLEST), sys.float_info.max)
-    return description
-
-
-_SMALLEST = SMALLEST = float(np.nextafter(0.0, 1.0))
-_BELOW_ONE = BELOW_ONE = float(np.nextafter(1.0, 0.0))
+    return state
 
 
 def _parameter_problem(model: SPNModule) -> str | None:
@@ -474,7 +273,7 @@ def _is_int(value: Any) -> TypeGuard[int]:
 _HEADER_FIELDS: dict[str, Callable[[Any], bool]] = {"dtype": lambda value: value in _DTYPES}
 _COMPILED_FIELDS: dict[str, Callable[[Any], bool]] = {
     "weights": lambda value: value in WEIGHT_PARAMETRISATIONS,
-    "floor": lambda value: _is_number(value) and _float_range(value) and math.isfinite(value) and value >= 0,
+    "floor": lambda value: is_number(value) and in_float_range(value) and math.isfinite(value) and value >= 0,
     "num_vars": lambda value: _is_int(value) and value >= 1,
     "fast": lambda value: isinstance(value, bool),
     "structure": lambda value: isinstance(value, dict),
