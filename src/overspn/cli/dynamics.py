@@ -266,7 +266,7 @@ def handle(args: argparse.Namespace) -> int:
     tracer = Tracer(deep, data, lr=args.lr, floor=args.floor)
     states = sorted({0, args.iterations // 2, args.iterations})
     trace, snapshots = tracer.run(args.iterations, snapshot_at=states)
-    scaling = []
+    scaling: list[dict[str, Any]] = []
     say(f"dynamics: first-order residuals of one step at {len(etas)} step sizes from the states t = "
         f"{', '.join(map(str, states))} ...")
     for state in states:

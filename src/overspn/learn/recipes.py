@@ -161,7 +161,7 @@ class EMSchedule:
     epochs: int = 60
     full_epochs: int = 20
     pseudocount: float = 0.01
-    patience: int = 10
+    patience: int | None = 10
     minibatch_share: float = 0.0
     time_budget: float | None = 600.0
 
@@ -228,9 +228,10 @@ def train_model(model: SPNModule, train: Any, valid: Any = None, *, structure: S
     schedule = schedule or EMSchedule(pseudocount=DEFAULT_HCLT["pseudocount"] if structure is None
                                       else structure.options["pseudocount"])
     steps = None if lr is None else (lr, *(step for step in schedule.steps if step < lr))
-    changes = {"batch_size": batch_size, "epochs": epochs, "full_epochs": epochs, "patience": patience,
-               "time_budget": time_budget, "steps": steps,
-               "minibatch_share": None if lr is None or schedule.minibatch_share > 0 else 0.5}
+    changes: dict[str, Any] = {
+        "batch_size": batch_size, "epochs": epochs, "full_epochs": epochs, "patience": patience,
+        "time_budget": time_budget, "steps": steps,
+        "minibatch_share": None if lr is None or schedule.minibatch_share > 0 else 0.5}
     schedule = replace(schedule, **{key: value for key, value in changes.items() if value is not None})
     if valid is None:  # nothing to stop on: every phase runs its epochs
         schedule = replace(schedule, patience=None)
