@@ -182,3 +182,13 @@ def test_valid_inputs_of_every_numeric_type_agree(model: osp.CompiledSPN) -> Non
     for data in (np.array([[1, 2, 0], [0, 0, 0]]), np.array([[1, 2, 0], [0, 0, 0]], dtype=np.uint8),
                  torch.tensor([[1, 2, 0], [0, 0, 0]]), torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]])):
         assert torch.equal(model.log_likelihood(data), expected)
+
+
+def test_weights_that_underflow_in_float32_are_refused_at_compile_time() -> None:
+    """Positive weights that round to 0 in float32 would make every log-likelihood NaN; compiling says so."""
+    tiny = osp.Sum([osp.Product([osp.Bernoulli(0, 0.3), osp.Bernoulli(1, 0.6)]),
+                    osp.Product([osp.Bernoulli(0, 0.7), osp.Bernoulli(1, 0.2)])], [1e-50, 3e-50])
+    with pytest.raises(osp.StructureError, match="float32"):
+        osp.compile_structure(tiny, "raw", dtype=torch.float32)
+    model = osp.compile_structure(tiny, "raw", dtype=torch.float64)  # representable there
+    assert bool(torch.isfinite(model.log_likelihood(np.array([[0.0, 1.0]]))).all())

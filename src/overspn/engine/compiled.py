@@ -24,6 +24,7 @@ batch, so one pass serves data and partition function alike.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -97,6 +98,14 @@ class CompiledSPN(SPNModule):
                 problem = f"parameter {name!r} is not finite in {dtype}"
         if self.gaussian is not None and not bool((torch.exp(self.gaussian.log_std) > 0).all()):
             problem = f"a Gaussian standard deviation underflows to 0 in {dtype}"
+        if problem is None:
+            # weights that are positive in float64 may all round to 0 in float32 (e.g. 1e-50): f(*) = 0 and every
+            # log-likelihood NaN, so the compiled model is refused rather than returned
+            with torch.no_grad():
+                log_partition = float(self.log_partition())
+            if not math.isfinite(log_partition):
+                problem = (f"the log partition function is {log_partition} in {dtype} (sum weights that round to 0 "
+                           f"below {torch.finfo(dtype).tiny:.1e}, or that overflow)")
         if problem is not None:
             raise StructureError(f"{problem}: the structure's parameters do not fit this dtype; use "
                                  "dtype=torch.float64 or rescale the weights")
