@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from overspn.atomic import atomic_write_json
-from overspn.cli.argtypes import positive_int
+from overspn.cli.argtypes import output_path, positive_int
 from overspn.cli.model_io import (
     add_data_arguments,
     add_model_argument,
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "missing values gets the log of its marginal probability.")
     add_model_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, metavar="FILE",
+    parser.add_argument("--out", type=output_path, metavar="FILE",
                         help="the summary as JSON (default: results/eval/MODEL-DATA.json, MODEL the model file's "
                              "name or folder, DATA the CSV file's stem or DATASET-SPLIT)")
     parser.add_argument("--per-row", type=Path, metavar="FILE",

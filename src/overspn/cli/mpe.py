@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
+from overspn.cli.argtypes import output_path
 from overspn.cli.model_io import (
     add_data_arguments,
     add_model_argument,
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Observed entries are kept.")
     add_model_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, metavar="FILE",
+    parser.add_argument("--out", type=output_path, metavar="FILE",
                         help="CSV file to write the completed rows to (default: results/mpe/MODEL-DATA.csv)")
     add_threads(parser, default=None)
     add_quiet(parser)

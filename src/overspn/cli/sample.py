@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from overspn.cli.argtypes import positive_int
+from overspn.cli.argtypes import output_path, positive_int
 from overspn.cli.model_io import add_model_argument, default_file, model_name, read_model, write_table
 from overspn.cli.options import add_quiet, add_seed, add_threads, set_threads
 from overspn.data import load_csv
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--evidence", type=Path, metavar="FILE",
                         help="CSV of 1 or N rows; empty fields are drawn (default: none, unconditional samples)")
     add_seed(parser)
-    parser.add_argument("--out", type=Path, metavar="FILE",
+    parser.add_argument("--out", type=output_path, metavar="FILE",
                         help="CSV file to write the samples to (default: results/sample/MODEL-nN-seedS.csv)")
     add_threads(parser, default=None)
     add_quiet(parser)
