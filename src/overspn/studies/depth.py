@@ -53,6 +53,7 @@ from overspn.engine.compiled import CompiledSPN, compile
 from overspn.errors import ConfigurationError, DataError, DivergenceError
 from overspn.learn.fit import History, fit
 from overspn.studies.statistics import binomial_interval, speedup, summarise_reach
+from overspn.symbolic.structure import Gaussian
 from overspn.symbolic.transforms import MIXTURE_LEAVES, mixture, overparametrize
 
 __all__ = ["Study", "PROTOCOLS", "BRANCHINGS", "protocol_study", "build_model", "load_study_data", "run_study",
@@ -242,6 +243,7 @@ def build_model(study: Study, num_vars: int, depth: int, run: int, cardinality: 
             spreads = np.ones((study.components, num_vars))
         for k, component in enumerate(shallow.children):
             for leaf in component.children:
+                assert isinstance(leaf, Gaussian), "a mixture with gaussian leaves"
                 leaf.mean = float(centres[k, leaf.var] + study.perturbation * rng.standard_normal())
                 leaf.std = float(spreads[k, leaf.var] * math.exp(study.perturbation * rng.standard_normal()))
     deep = overparametrize(shallow, BRANCHINGS[depth], init=study.init)
@@ -401,13 +403,13 @@ def default_target(name: str, curves: dict[int, np.ndarray]) -> tuple[float, str
     return best - TARGET_GAP, f"best final mean over depths ({best:.4f}) minus {TARGET_GAP} nats"
 
 
-def _stats(values: Sequence[float]) -> dict[str, Any]:
+def _stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
             "per_run": [float(v) for v in array]}
 
 
-def reach_statistics(curves: Sequence[np.ndarray], target: float, seed: int = 0) -> dict[str, Any]:
+def reach_statistics(curves: Sequence[np.ndarray] | np.ndarray, target: float, seed: int = 0) -> dict[str, Any]:
     """When a group of runs reaches ``target``: fraction (with its 95 % Wilson interval), median and quartiles of
     the iterations of the runs that reach it, and the Kaplan-Meier median over all runs (non-reaching runs
     right-censored at their budget; None: not reached by half of the runs)."""
@@ -419,8 +421,8 @@ def reach_statistics(curves: Sequence[np.ndarray], target: float, seed: int = 0)
             "budget": reach.budget, "per_run": reach.iterations}
 
 
-def speedup_statistics(baseline: Sequence[np.ndarray], other: Sequence[np.ndarray], target: float,
-                       seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+def speedup_statistics(baseline: Sequence[np.ndarray] | np.ndarray, other: Sequence[np.ndarray] | np.ndarray,
+                       target: float, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
     """KM median of ``baseline`` / KM median of ``other`` with a 95 % percentile bootstrap interval over seeds."""
     estimate = speedup(summarise_reach(list(baseline), target), summarise_reach(list(other), target), seed=seed,
                        resamples=resamples)
