@@ -38,11 +38,14 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from overspn.engine.compiled import compile as compile_spn
+from overspn.engine.encoding import EncodedData
+from overspn.engine.layers import SumLayer
 from overspn.errors import ConfigurationError, StructureError
 from overspn.learn.fit import fit
 from overspn.symbolic.structure import Leaf, Node, Product, Sum, describe, scopes, topological_order
@@ -124,7 +127,12 @@ def factorise(root: Node, limit: int = 10_000) -> Factorisation:
 def edge_values(root: Node, factorisation: Factorisation) -> np.ndarray:
     """``(E,)`` the current sum weights of ``root`` (same shape as the factorised SPN) on the factorisation's edges."""
     order = topological_order(root)
-    return np.array([float(order[node].weights[child]) for node, child in factorisation.edges])  # type: ignore
+    values = []
+    for node, child in factorisation.edges:
+        sum_node = order[node]
+        assert isinstance(sum_node, Sum), "an edge starts at a sum node"
+        values.append(float(sum_node.weights[child]))
+    return np.array(values)
 
 
 def shallow_structure(root: Node, factorisation: Factorisation) -> Sum:
@@ -298,7 +306,7 @@ class Tracer:
         self.model = compile_spn(root, "raw", floor=floor, dtype=torch.float64)
         self.data = self.model.encode(data)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
-        self._shallow_data = None
+        self._shallow_data: EncodedData | None = None
 
     def _objective(self) -> torch.Tensor:
         return self.model.log_likelihood(self.data).mean()
@@ -312,7 +320,9 @@ class Tracer:
         if self._shallow_data is None:
             self._shallow_data = shallow.encode(self.data.values[:-1])  # the encoding depends on the shape only
         objective = shallow.log_likelihood(self._shallow_data).mean()
-        root_weights = shallow.layers[-1].weights.param
+        root = shallow.layers[-1]
+        assert isinstance(root, SumLayer), "the root of the shallow structure is a sum"
+        root_weights = root.weights.param
         (gradient,) = torch.autograd.grad(objective, root_weights)
         return values, gradient.numpy().copy(), objective.item()
 
@@ -351,7 +361,7 @@ class Tracer:
         held = (values[1:] == self.floor) & (values[:-1] + self.lr * edge_gradients < self.floor)
         return (held.astype(np.int64) @ self.factorisation.incidence.T.astype(np.int64)) > 0
 
-    def eta_scaling(self, etas: Sequence[float]) -> list[dict[str, float]]:
+    def eta_scaling(self, etas: Sequence[float]) -> list[dict[str, Any]]:
         """Residual of the first-order prediction for one unclamped gradient step (weights may leave the floor or
         turn negative) of each size in ``etas`` from the current state (which is left unchanged): rows
         ``formula, eta, residual, absolute, change``.
@@ -369,7 +379,10 @@ class Tracer:
         parameters = list(self.model.parameters())
         self.model.zero_grad()
         self._objective().backward()
-        grads = [p.grad.clone() for p in parameters]
+        grads = []
+        for parameter in parameters:
+            assert parameter.grad is not None, "every parameter of the model enters the objective"
+            grads.append(parameter.grad.clone())
         saved = [p.detach().clone() for p in parameters]
         rows = []
         for eta in etas:
