@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine import queries
+from overspn.engine import program, queries
 from overspn.engine.base import SPNModule
 from overspn.engine.encoding import EncodedData
-from overspn.engine.inputs import DiscreteInputs, GaussianInputs
 from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProductLayer
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
@@ -113,119 +112,48 @@ class CompiledSPN(SPNModule):
     # -- construction --------------------------------------------------------------------------------------------
 
     def _build(self, flat: FlatStructure, num_vars: int, dtype: torch.dtype) -> None:
-        """Group the nodes into layers with numpy over the flat form (no per-node Python)."""
-        card = self.cardinality
-        kind, ptr, child, parent, count = flat.kind, flat.ptr, flat.child, flat.parent, flat.count
-        n = len(flat)
-        # sums whose children are indicators of one variable are discrete inputs ("indicator sums")
-        child_var = flat.var[child]
-        not_indicator = np.bincount(parent, kind[child] != INDICATOR, minlength=n) > 0
-        nonempty = np.flatnonzero(count > 0)
-        same_var = np.zeros(n, bool)
-        if len(nonempty):
-            low = np.minimum.reduceat(child_var, ptr[nonempty])
-            high = np.maximum.reduceat(child_var, ptr[nonempty])
-            same_var[nonempty] = low == high
-        indicator_sum = (kind == SUM) & (count > 0) & ~not_indicator & same_var
-        groups_of_inputs = [np.flatnonzero(kind == INDICATOR), np.flatnonzero(kind == BERNOULLI),
-                            np.flatnonzero(kind == CATEGORICAL), np.flatnonzero(indicator_sum)]
-        discrete = np.concatenate(groups_of_inputs)
-        gaussians = np.flatnonzero(kind == GAUSSIAN)
-        inputs = np.zeros(n, bool)
-        inputs[discrete] = True
-        inputs[gaussians] = True
-        inner = ~inputs  # sums and products that are not indicator sums
-        layer_of = np.full(n, -1, np.int64)  # node -> (layer output index, column)
-        col_of = np.full(n, -1, np.int64)
-        layer_of[discrete], col_of[discrete] = 0, np.arange(len(discrete))
-        layer_of[gaussians], col_of[gaussians] = 1, np.arange(len(gaussians))
-        var_of = flat.var.copy()
-        var_of[indicator_sum] = child_var[ptr[:-1][indicator_sum]]
-        self.discrete = None
-        if len(discrete):
-            sums = groups_of_inputs[3]
-            edges, owner = edges_of(ptr, sums)
-            self.discrete = DiscreteInputs(
-                card, self.parametrisation, dtype, indicator_values=flat.value[groups_of_inputs[0]],
-                bernoulli_p=flat.p[groups_of_inputs[1]], categorical_probs=flat.probs,
-                sum_owner=owner, sum_values=flat.value[child[edges]], sum_weights=flat.weights[edges],
-                num_sums=len(sums))
-        self.gaussian = GaussianInputs(flat.mean[gaussians], flat.std[gaussians], flat.var[gaussians],
-                                       dtype) if len(gaussians) else None
-        self.register_buffer("discrete_vars", torch.from_numpy(var_of[discrete]), persistent=False)
-
-        height = flat.levels(inputs)
-        widths = [len(discrete), len(gaussians)]
+        """Group the nodes into layers with numpy over the flat form (no per-node Python; the steps are in
+        :mod:`overspn.engine.program`). Modules are registered in a fixed order (inputs, layers, tabular products),
+        which fixes the order of the parameters."""
+        groups = program.input_groups(flat)
+        placement = program.Placement(len(flat))
+        placement.place(groups.discrete)  # output 0
+        placement.place(groups.gaussians)  # output 1
+        self.discrete = program.discrete_inputs(flat, groups, self.cardinality, self.parametrisation, dtype)
+        self.gaussian = program.gaussian_inputs(flat, groups, dtype)
+        self.register_buffer("discrete_vars", torch.from_numpy(groups.var_of[groups.discrete]), persistent=False)
+        inner = ~groups.mask(len(flat))  # sums and products that are not indicator sums
+        height = flat.levels(~inner)
         tabular = np.zeros(0, np.int64)
         if self.fast and self.discrete is not None:
-            candidates = inner & (kind == PRODUCT)
-            tabular = np.flatnonzero(candidates & (np.bincount(parent, layer_of[child] != 0, minlength=n) == 0))
-        in_tabular = np.zeros(n, bool)
-        in_tabular[tabular] = True
+            tabular = program.tabular_products(flat, inner, placement)
         self.layers = nn.ModuleList()
         self.tabular: TabularProductLayer | None = None
         if len(tabular):
-            edges, owner = edges_of(ptr, tabular)
-            rows = col_of[child[edges]]
-            generic = ProductLayer(self._gather(flat, tabular, layer_of, col_of, widths))
-            self.tabular = TabularProductLayer(num_vars, card, len(discrete), rows, var_of[child[edges]], owner,
-                                               len(tabular), generic)
-            widths.append(len(tabular))
-            layer_of[tabular], col_of[tabular] = 2, np.arange(len(tabular))
-        self._first_inner_output = len(widths)
-        # layers: inner nodes grouped by (height, type), products before sums of one height, nodes in order
-        rest = np.flatnonzero(inner & ~in_tabular)
-        is_sum = (kind[rest] == SUM).astype(np.int64)
-        rest = rest[np.lexsort((rest, is_sum, height[rest]))]
-        key = height[rest] * 2 + (kind[rest] == SUM)
-        bounds = np.flatnonzero(np.diff(key)) + 1
-        for nodes in np.split(rest, bounds) if len(rest) else []:
-            gather = self._gather(flat, nodes, layer_of, col_of, widths)
-            if kind[nodes[0]] == SUM:
-                edges, _ = edges_of(ptr, nodes)
-                weights = np.split(flat.weights[edges], np.cumsum(count[nodes])[:-1])
-                layer: nn.Module = SumLayer(gather, SumWeights(weights, self.parametrisation, dtype))
-            else:
-                layer = ProductLayer(gather)
-            output = len(widths)
-            self.layers.append(layer)
-            widths.append(len(nodes))
-            layer_of[nodes], col_of[nodes] = output, np.arange(len(nodes))
-        self._root_position = (int(layer_of[n - 1]), int(col_of[n - 1]))
-        # the flat layout: output k in columns offsets[k] .. offsets[k] + widths[k] of one (N, total) tensor
-        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64).tolist()
-        self._flat_offsets, self._flat_widths, self._flat_total = offsets[:-1], list(widths), offsets[-1]
-        for module in self.modules():
-            if isinstance(module, Gather):
-                module.set_flat_layout(self._flat_offsets, self._flat_widths)
+            self.tabular = program.tabular_layer(flat, tabular, groups, placement, num_vars, self.cardinality)
+            placement.place(tabular)  # output 2
+        self._first_inner_output = len(placement.widths)
+        in_tabular = np.zeros(len(flat), bool)
+        in_tabular[tabular] = True
+        self.layers.extend(program.inner_layers(flat, np.flatnonzero(inner & ~in_tabular), height, placement,
+                                                self.parametrisation, dtype))
+        self._root_position = placement.position(len(flat) - 1)
+        self._set_flat_layout(placement.widths)
         # whether the fast path needs the per-sample discrete input values besides the tabular products
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
             isinstance(layer, (ProductLayer, SumLayer)) and 0 in layer.children_.sources for layer in self.layers)
         # what to_structure needs: the structure's arrays and where every node's parameters live
         self._structure = flat
-        self._layer_of, self._col_of = layer_of, col_of
-        self._first_indicator_sum = len(discrete) - len(groups_of_inputs[3])
+        self._layer_of, self._col_of = placement.layer_of, placement.col_of
+        self._first_indicator_sum = len(groups.discrete) - len(groups.indicator_sums)
 
-    @staticmethod
-    def _gather(flat: FlatStructure, nodes: np.ndarray, layer_of: np.ndarray, col_of: np.ndarray,
-                widths: list[int]) -> Gather:
-        edges, owner = edges_of(flat.ptr, nodes)
-        children = flat.child[edges]
-        source_layer = layer_of[children]
-        sources = np.unique(source_layer).tolist()
-        offset_of = np.zeros(len(widths), np.int64)
-        offset = 0
-        for source in sources:
-            offset_of[source] = offset
-            offset += widths[source]
-        count = flat.count[nodes]
-        arity = int(count.max())
-        index = np.zeros((len(nodes), arity), dtype=np.int64)
-        pad = np.ones((len(nodes), arity), dtype=bool)
-        column = np.arange(len(edges)) - (np.cumsum(count) - count)[owner]
-        index[owner, column] = offset_of[source_layer] + col_of[children]
-        pad[owner, column] = False
-        return Gather(sources, index, pad, offset, [widths[source] for source in sources])
+    def _set_flat_layout(self, widths: list[int]) -> None:
+        """Output k in rows offsets[k] .. offsets[k] + widths[k] of one node-major ``(total, N)`` tensor."""
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64).tolist()
+        self._flat_offsets, self._flat_widths, self._flat_total = offsets[:-1], list(widths), offsets[-1]
+        for module in self.modules():
+            if isinstance(module, Gather):
+                module.set_flat_layout(self._flat_offsets, self._flat_widths)
 
     # -- data and evaluation ---------------------------------------------------------------------------------------
 
@@ -243,11 +171,43 @@ class CompiledSPN(SPNModule):
         ``use_compact``: use (and on first use compute) the compact one-hot of ``data``; worth it for data that is
         evaluated repeatedly, i.e. encoded by the caller.
         """
-        maximize = mode == "max"
         generic = mode != "sum" or not self.fast
+        table = self.discrete.table(mode == "max") if self.discrete is not None else None
+        outputs = self._input_values(data, table, generic, mode == "max")
+        if inputs_out is not None:
+            # fresh leaves of the autograd graph, so that backtracking works whether or not inputs have parameters
+            outputs = [tensor.detach().requires_grad_() for tensor in outputs]
+            inputs_out.extend(outputs)
+        flat = None
+        if (self.flat_outputs and mode == "sum" and inputs_out is None and not torch.is_grad_enabled()
+                and len(self.layers)):
+            # one node-major (total, N) tensor of node values; every output is written into its block of rows
+            flat = outputs[0].new_empty((self._flat_total, data.codes.shape[0]))
+            for index in range(len(outputs)):
+                self._write_flat(flat, index, outputs[index])
+        if self.tabular is not None:
+            outputs.append(self._tabular_values(data, outputs, flat, table, generic, use_compact))
+            if flat is not None:
+                self._write_flat(flat, len(outputs) - 1, outputs[-1])
+        layer_index, column = self._root_position
+        if flat is not None:
+            for index, layer in enumerate(self.layers, start=self._first_inner_output):
+                start = self._flat_offsets[index]
+                layer(flat, out=flat[start: start + self._flat_widths[index]])  # written in place
+            return flat[self._flat_offsets[layer_index] + column].clone()
+        for layer in self.layers:
+            if isinstance(layer, SumLayer):
+                outputs.append(layer(outputs, mode, generator))
+            else:
+                outputs.append(layer(outputs))
+        return outputs[layer_index][:, column]
+
+    def _input_values(self, data: EncodedData, table: torch.Tensor | None, generic: bool,
+                      maximize: bool) -> list[torch.Tensor]:
+        """Outputs 0 and 1, ``(N, width)``: the discrete inputs' values per sample (empty when the fast path reads
+        them only through the tabular products) and the Gaussian densities."""
         rows = data.codes.shape[0]
         outputs: list[torch.Tensor] = []
-        table = self.discrete.table(maximize) if self.discrete is not None else None
         if table is not None:
             width = self.cardinality + 1
             if generic or self._inputs_read_directly:
@@ -261,42 +221,19 @@ class CompiledSPN(SPNModule):
             outputs.append(self.gaussian(data.values, maximize))
         else:
             outputs.append(data.values.new_zeros((rows, 0)))
-        if inputs_out is not None:
-            # fresh leaves of the autograd graph, so that backtracking works whether or not inputs have parameters
-            outputs = [tensor.detach().requires_grad_() for tensor in outputs]
-            inputs_out.extend(outputs)
-        flat = None
-        if (self.flat_outputs and mode == "sum" and inputs_out is None and not torch.is_grad_enabled()
-                and len(self.layers)):
-            # one node-major (total, N) tensor of node values; every output is written into its block of rows
-            flat = outputs[0].new_empty((self._flat_total, rows))
-            for index in range(len(outputs)):
-                self._write_flat(flat, index, outputs[index])
-        if self.tabular is not None:
-            if generic:
-                tabular = self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
-            else:
-                assert table is not None, "a tabular layer reads discrete inputs"
-                onehot, compact = data.onehot, data.compact if use_compact else None
-                if onehot is None:
-                    onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(rows, -1)
-                tabular = self.tabular(onehot, table, compact, data.with_partition)
-            outputs.append(tabular)
-            if flat is not None:
-                self._write_flat(flat, len(outputs) - 1, tabular)
-        if flat is not None:
-            for index, layer in enumerate(self.layers, start=self._first_inner_output):
-                start = self._flat_offsets[index]
-                layer(flat, out=flat[start: start + self._flat_widths[index]])  # written in place
-            layer_index, column = self._root_position
-            return flat[self._flat_offsets[layer_index] + column].clone()
-        for layer in self.layers:
-            if isinstance(layer, SumLayer):
-                outputs.append(layer(outputs, mode, generator))
-            else:
-                outputs.append(layer(outputs))
-        layer_index, column = self._root_position
-        return outputs[layer_index][:, column]
+        return outputs
+
+    def _tabular_values(self, data: EncodedData, outputs: list[torch.Tensor], flat: torch.Tensor | None,
+                        table: torch.Tensor | None, generic: bool, use_compact: bool) -> torch.Tensor:
+        """Output 2, ``(N, tabular products)``: gathered from the inputs (generic), else one matrix product."""
+        assert self.tabular is not None, "called only for a program with tabular products"
+        if generic:
+            return self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
+        assert table is not None, "a tabular layer reads discrete inputs"
+        onehot, compact = data.onehot, data.compact if use_compact else None
+        if onehot is None:
+            onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(len(data.codes), -1)
+        return self.tabular(onehot, table, compact, data.with_partition)
 
     def _write_flat(self, flat: torch.Tensor, index: int, output: torch.Tensor, node_major: bool = False) -> None:
         """Write an ``(N, width)`` output (``(width, N)`` when ``node_major``) into its block of ``flat``."""
