@@ -73,12 +73,12 @@ def _load_data(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray | 
                                      "validation and test splits; use --train with your own files instead")
         data = load_dataset(args.dataset, args.data_dir, seed=args.seed)
         return data.name, data.train, data.valid, data.test
-    arrays = [load_csv(path, allow_missing=True) if path is not None else None
-              for path in (args.train, args.valid, args.test)]
-    for name, array in zip(("--valid", "--test"), arrays[1:]):
-        if array is not None and array.shape[1] != arrays[0].shape[1]:
-            raise DataError(f"{name} has {array.shape[1]} columns but --train has {arrays[0].shape[1]}")
-    return Path(args.train).stem, arrays[0], arrays[1], arrays[2]
+    train = load_csv(args.train, allow_missing=True)
+    others = [load_csv(path, allow_missing=True) if path is not None else None for path in (args.valid, args.test)]
+    for name, array in zip(("--valid", "--test"), others):
+        if array is not None and array.shape[1] != train.shape[1]:
+            raise DataError(f"{name} has {array.shape[1]} columns but --train has {train.shape[1]}")
+    return Path(args.train).stem, train, others[0], others[1]
 
 
 def _write_curves(out: Path, history: list[dict[str, Any]], name: str = "", best_epoch: int | None = None,

@@ -129,7 +129,7 @@ def default_optimizer(structure: Structure) -> str:
 
 
 def build_model(structure: Structure, train: np.ndarray, *, leaf: str = "bernoulli", cardinality: int = 2,
-                seed: int = 0, weights: str = "softmax", dtype: torch.dtype = torch.float32) -> SPNModule:
+                seed: int = 0, weights: str = "softmax", dtype: torch.dtype = torch.float32) -> HCLT | RatSPN:
     """The model of ``structure`` over the columns of ``train``, initialised from it."""
     if structure.kind == "hclt":
         if leaf == "gaussian":
