@@ -18,7 +18,6 @@ directly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,9 @@ from torch import nn
 
 from overspn.engine.base import SPNModule
 from overspn.engine.encoding import EncodedData
-from overspn.engine.semiring import finite_max, gaussian_log_density, logsumexp
+from overspn.engine.rat_config import LEAF_KINDS, RatConfig, region_graph
+from overspn.engine.rat_layers import einsum_layer, root_layer
+from overspn.engine.semiring import gaussian_log_density
 from overspn.engine.weights import (
     DEFAULT_FLOOR,
     actual_weights,
@@ -39,51 +40,12 @@ from overspn.engine.weights import (
 from overspn.errors import ConfigurationError, ModelFileError
 from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
 
+# LEAF_KINDS and RatConfig live in rat_config.py and are re-exported here, where callers import them
 __all__ = ["LEAF_KINDS", "RatConfig", "RatSPN", "rat_spn"]
 
-LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
 #: initialisation from data: the most rows each input's statistics are computed from, and the working memory
 INIT_ROWS = 2_000
 INIT_MEMORY = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class RatConfig:
-    """Everything that fixes a RAT-SPN's structure (the parameters are initialised from ``seed`` as well)."""
-
-    num_vars: int
-    depth: int = 2
-    num_repetitions: int = 10
-    num_sums: int = 10
-    num_input: int = 10
-    leaf: str = "bernoulli"
-    cardinality: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_vars", "depth", "num_repetitions", "num_sums", "num_input"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-        if self.leaf not in LEAF_KINDS:
-            raise ConfigurationError(f"leaf must be one of {LEAF_KINDS}, got {self.leaf!r}")
-        if self.num_vars < 2 ** self.depth:
-            raise ConfigurationError(
-                f"depth {self.depth} splits the variables into {2 ** self.depth} regions per repetition, but there "
-                f"are only {self.num_vars} variables: use depth <= {int(math.log2(self.num_vars))}")
-        if self.leaf == "categorical" and self.cardinality < 2:
-            raise ConfigurationError(f"categorical leaves need cardinality >= 2, got {self.cardinality!r}")
-
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
-
-
-def _split(variables: np.ndarray, depth: int) -> list[np.ndarray]:
-    """Halve ``variables`` recursively ``depth`` times; sibling regions are adjacent in the result."""
-    if depth == 0:
-        return [variables]
-    half = (len(variables) + 1) // 2
-    return _split(variables[:half], depth - 1) + _split(variables[half:], depth - 1)
 
 
 class RatSPN(SPNModule):
@@ -109,13 +71,7 @@ class RatSPN(SPNModule):
         rng = np.random.default_rng(config.seed)
         reps, num_in, num_vars = config.num_repetitions, config.num_input, config.num_vars
 
-        # region graph: per repetition a random order of the variables, halved depth times
-        regions = [_split(rng.permutation(num_vars), config.depth) for _ in range(reps)]
-        self.regions = [[np.sort(region) for region in repetition] for repetition in regions]
-        membership = np.zeros((num_vars, reps, len(regions[0])))  # (D, R, L): 1 where variable d is in region l
-        for r, repetition in enumerate(self.regions):
-            for k, region in enumerate(repetition):
-                membership[region, r, k] = 1.0
+        self.regions, membership = region_graph(config, rng)
         self.register_buffer("region_membership", torch.from_numpy(membership).to(dtype), persistent=False)
 
         # input distributions, one per (variable, repetition, input)
@@ -211,8 +167,8 @@ class RatSPN(SPNModule):
             root_weights = linear_weights(self.root_weights, self.parametrisation)
         values = regions
         for shift, weights in layer_weights:
-            values = _einsum_layer(values, shift, weights)
-        return _root_layer(values, *root_weights)
+            values = einsum_layer(values, shift, weights)
+        return root_layer(values, *root_weights)
 
     # -- expectation-maximisation -------------------------------------------------------------------------------
 
@@ -376,80 +332,6 @@ class RatSPN(SPNModule):
 
     def _weights_of(self, parameter: nn.Parameter) -> np.ndarray:
         return actual_weights(parameter, self.parametrisation)
-
-
-class _Bilinear(torch.autograd.Function):
-    """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``.
-
-    Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
-    product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
-    outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
-    of ``right`` and ``w``, and one matrix-vector product with the saved intermediate for ``left`` (autograd through
-    the elementwise form makes three more passes over tensors of that size)."""
-
-    @staticmethod
-    def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        blocks, rows, channels = left.shape
-        outputs = weights.shape[1]
-        partial = torch.bmm(right, weights.reshape(blocks, outputs * channels, channels).transpose(1, 2))
-        mixed = torch.bmm(partial.view(blocks * rows, outputs, channels), left.reshape(blocks * rows, channels, 1))
-        ctx.save_for_backward(left, right, weights, partial)
-        return mixed.view(blocks, rows, outputs)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        left, right, weights, partial = ctx.saved_tensors
-        blocks, rows, channels = left.shape
-        outputs = weights.shape[1]
-        outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
-        grad_right = torch.bmm(outer, weights.reshape(blocks, outputs * channels, channels))
-        grad_weights = torch.bmm(outer.transpose(1, 2), right).view(weights.shape)
-        grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
-                              partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
-        return grad_left, grad_right, grad_weights
-
-
-def _einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``.
-
-    log sum_ij w_kij exp(a_i + b_j) = max a + max b + log sum_i exp(a_i - max a) sum_j w_kij exp(b_j - max b):
-    the values stay in linear space, shifted per region. The mixing never forms the ``(N, K K)`` cross products:
-    per region one batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the
-    weights and a batched matrix-vector product with the left child's inputs finishes the bilinear form, with a
-    hand-written backward (:class:`_Bilinear`); the same multiplications as cross products followed by
-    ``(N, K K) @ (K K, K')``, with fewer passes over tensors of that size (see benchmarks/README.md).
-    ``weights`` ``(R, L/2, K', K K)`` (index ``i K + j``, i of the left child) are the actual weights divided by
-    exp(``shift``).
-    """
-    left, right = values[:, :, 0::2], values[:, :, 1::2]
-    left_max, right_max = finite_max(left), finite_max(right)
-    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
-    rows, reps, regions, channels = left.shape
-    outputs = weights.shape[2]
-    blocks = reps * regions
-    # region-major (R L/2, N, K) operands, so that the batched products need no copies of their large results
-    left_exp = left_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    right_exp = right_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    mixed = _Bilinear.apply(left_exp, right_exp, weights.reshape(blocks, outputs, channels, channels))
-    mixed = mixed.view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
-    return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
-
-
-def _root_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``.
-
-    Per repetition the mixture is a bilinear form, sum_ij w_rij exp(a_ri) exp(b_rj), evaluated in linear space
-    with the same per-region shifts as :func:`_einsum_layer` (one batched matrix product instead of an exponential
-    per product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the actual weights
-    divided by exp(``shift``).
-    """
-    left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
-    left_max, right_max = finite_max(left), finite_max(right)
-    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
-    channels = left.shape[2]
-    bilinear = torch.einsum("nri,rij->nrj", left_exp, weights.view(-1, channels, channels))
-    per_repetition = torch.log((bilinear * right_exp).sum(dim=2)) + (left_max + right_max).squeeze(2)
-    return logsumexp(per_repetition, dim=1) + shift
 
 
 def rat_spn(num_vars: int, depth: int = 2, num_repetitions: int = 10, num_sums: int = 10, num_input: int = 10,

@@ -1,0 +1,90 @@
+"""The tensor layers of a RAT-SPN above its leaves: one einsum-style layer per level of the region graph, mixing
+the cross products of sibling regions without forming them, and the root sum over the repetitions.
+
+Values stay in linear space between a per-region shift (log-space maxima) and a logarithm, so that every mixture is
+a matrix product; :class:`overspn.engine.rat.RatSPN` chains these layers (see :mod:`overspn.engine.rat`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from overspn.engine.semiring import finite_max, logsumexp
+
+__all__ = ["einsum_layer", "root_layer"]
+
+
+class _Bilinear(torch.autograd.Function):
+    """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``.
+
+    Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
+    product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
+    outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
+    of ``right`` and ``w``, and one matrix-vector product with the saved intermediate for ``left`` (autograd through
+    the elementwise form makes three more passes over tensors of that size)."""
+
+    @staticmethod
+    def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        blocks, rows, channels = left.shape
+        outputs = weights.shape[1]
+        partial = torch.bmm(right, weights.reshape(blocks, outputs * channels, channels).transpose(1, 2))
+        mixed = torch.bmm(partial.view(blocks * rows, outputs, channels), left.reshape(blocks * rows, channels, 1))
+        ctx.save_for_backward(left, right, weights, partial)
+        return mixed.view(blocks, rows, outputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        left, right, weights, partial = ctx.saved_tensors
+        blocks, rows, channels = left.shape
+        outputs = weights.shape[1]
+        outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
+        grad_right = torch.bmm(outer, weights.reshape(blocks, outputs * channels, channels))
+        grad_weights = torch.bmm(outer.transpose(1, 2), right).view(weights.shape)
+        grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
+                              partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
+        return grad_left, grad_right, grad_weights
+
+
+def einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``.
+
+    log sum_ij w_kij exp(a_i + b_j) = max a + max b + log sum_i exp(a_i - max a) sum_j w_kij exp(b_j - max b):
+    the values stay in linear space, shifted per region. The mixing never forms the ``(N, K K)`` cross products:
+    per region one batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the
+    weights and a batched matrix-vector product with the left child's inputs finishes the bilinear form, with a
+    hand-written backward (:class:`_Bilinear`); the same multiplications as cross products followed by
+    ``(N, K K) @ (K K, K')``, with fewer passes over tensors of that size (see benchmarks/README.md).
+    ``weights`` ``(R, L/2, K', K K)`` (index ``i K + j``, i of the left child) are the actual weights divided by
+    exp(``shift``).
+    """
+    left, right = values[:, :, 0::2], values[:, :, 1::2]
+    left_max, right_max = finite_max(left), finite_max(right)
+    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    rows, reps, regions, channels = left.shape
+    outputs = weights.shape[2]
+    blocks = reps * regions
+    # region-major (R L/2, N, K) operands, so that the batched products need no copies of their large results
+    left_exp = left_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
+    right_exp = right_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
+    mixed = _Bilinear.apply(left_exp, right_exp, weights.reshape(blocks, outputs, channels, channels))
+    mixed = mixed.view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
+    return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
+
+
+def root_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``.
+
+    Per repetition the mixture is a bilinear form, sum_ij w_rij exp(a_ri) exp(b_rj), evaluated in linear space
+    with the same per-region shifts as :func:`einsum_layer` (one batched matrix product instead of an exponential
+    per product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the actual weights
+    divided by exp(``shift``).
+    """
+    left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
+    left_max, right_max = finite_max(left), finite_max(right)
+    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    channels = left.shape[2]
+    bilinear = torch.einsum("nri,rij->nrj", left_exp, weights.view(-1, channels, channels))
+    per_repetition = torch.log((bilinear * right_exp).sum(dim=2)) + (left_max + right_max).squeeze(2)
+    return logsumexp(per_repetition, dim=1) + shift
