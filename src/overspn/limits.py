@@ -185,73 +185,90 @@ def _compiled(header: dict[str, Any], itemsize: int) -> Estimate | None:
     num_vars = _count(header.get("num_vars"), "num_vars")
     if not isinstance(entries, list) or num_vars is None:
         return None
-    fast = header.get("fast") is not False
-    card = 2
-    discrete = [False] * len(entries)
-    is_indicator = [False] * len(entries)
-    indicator_var: list[int | None] = [None] * len(entries)
-    height = [0] * len(entries)
-    groups: dict[tuple[int, str], list[int]] = {}  # (height, type) -> [count, max arity]
-    counts = {"Bernoulli": 0, "Categorical": 0, "Gaussian": 0, "Indicator": 0}
-    categorical_rows = indicator_sums = indicator_sum_arity = tabular = weights = edges = 0
+    layout = _CompiledLayout(len(entries), num_vars, fast=header.get("fast") is not False)
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
         kind = entry.get("type")
         where = f"node {number} ({kind})"
-        if kind in counts:
-            counts[kind] += 1
-            var = _count(entry.get("var"), "its variable", where)
-            if var is not None and var >= num_vars:
-                num_vars = var + 1  # the model refuses it; estimate as if it did not
-            if kind == "Indicator":
-                value = _count(entry.get("value"), "its value", where)
-                card = max(card, value + 1 if value is not None else 2)
-                discrete[number], is_indicator[number], indicator_var[number] = True, True, var
-            elif kind == "Bernoulli":
-                discrete[number] = True
-            elif kind == "Categorical":
-                probs = entry.get("probs")
-                card = max(card, len(probs) if isinstance(probs, list) else 2)
-                discrete[number] = True
-                categorical_rows += 1
-            continue
-        children = entry.get("children")
-        if kind not in ("Sum", "Product") or not isinstance(children, list):
-            continue
+        if kind in layout.leaf_counts:
+            layout.add_leaf(number, entry, kind, where)
+        elif kind in ("Sum", "Product") and isinstance(entry.get("children"), list):
+            layout.add_inner(number, entry["children"], kind, where)
+    return layout.estimate(itemsize)
+
+
+class _CompiledLayout:
+    """What compiling a structure's nodes allocates, tallied node by node in file order (children come first),
+    grouping nodes as :mod:`overspn.engine.program` does: discrete inputs, indicator sums, tabular products and
+    layers by (height, type)."""
+
+    def __init__(self, size: int, num_vars: int, fast: bool):
+        self.size, self.num_vars, self.fast = size, num_vars, fast
+        self.card = 2
+        self.discrete = [False] * size
+        self.is_indicator = [False] * size
+        self.indicator_var: list[int | None] = [None] * size
+        self.height = [0] * size
+        self.groups: dict[tuple[int, str], list[int]] = {}  # (height, type) -> [count, max arity]
+        self.leaf_counts = {"Bernoulli": 0, "Categorical": 0, "Gaussian": 0, "Indicator": 0}
+        self.categorical_rows = self.indicator_sums = self.indicator_sum_arity = self.tabular = 0
+        self.weights = self.edges = 0
+
+    def add_leaf(self, number: int, entry: dict[str, Any], kind: str, where: str) -> None:
+        self.leaf_counts[kind] += 1
+        var = _count(entry.get("var"), "its variable", where)
+        if var is not None and var >= self.num_vars:
+            self.num_vars = var + 1  # the model refuses it; estimate as if it did not
+        if kind == "Indicator":
+            value = _count(entry.get("value"), "its value", where)
+            self.card = max(self.card, value + 1 if value is not None else 2)
+            self.discrete[number], self.is_indicator[number], self.indicator_var[number] = True, True, var
+        elif kind == "Bernoulli":
+            self.discrete[number] = True
+        elif kind == "Categorical":
+            probs = entry.get("probs")
+            self.card = max(self.card, len(probs) if isinstance(probs, list) else 2)
+            self.discrete[number] = True
+            self.categorical_rows += 1
+
+    def add_inner(self, number: int, children: list[Any], kind: str, where: str) -> None:
         children = [c for c in children if _count(c, "a child", where) is not None and 0 <= c < number]
-        edges += len(children)
+        self.edges += len(children)
         if not children:
-            continue
+            return
         if kind == "Sum":
-            weights += len(children)
-            if all(is_indicator[c] for c in children) and len({indicator_var[c] for c in children}) == 1:
-                discrete[number] = True
-                indicator_sums += 1
-                indicator_sum_arity = max(indicator_sum_arity, len(children))
-                continue
-        elif fast and all(discrete[c] for c in children):
-            tabular += 1
-            continue
-        height[number] = 1 + max(height[c] for c in children)
-        group = groups.setdefault((height[number], kind), [0, 0])
+            self.weights += len(children)
+            if all(self.is_indicator[c] for c in children) and len({self.indicator_var[c] for c in children}) == 1:
+                self.discrete[number] = True
+                self.indicator_sums += 1
+                self.indicator_sum_arity = max(self.indicator_sum_arity, len(children))
+                return
+        elif self.fast and all(self.discrete[c] for c in children):
+            self.tabular += 1
+            return
+        self.height[number] = 1 + max(self.height[c] for c in children)
+        group = self.groups.setdefault((self.height[number], kind), [0, 0])
         group[0] += 1
         group[1] = max(group[1], len(children))
-    width = card + 1
-    table_rows = counts["Indicator"] + counts["Bernoulli"] + counts["Categorical"] + indicator_sums
-    terms = _Terms()
-    terms.add(num_vars * (5 * 8 + width * itemsize), f"{num_vars} variables")
-    terms.add(table_rows * width * (4 * 8), f"the input table: {table_rows} inputs x {width} states")
-    terms.add(categorical_rows * card * 3 * 8, f"categorical leaves: {categorical_rows} x {card} states")
-    terms.add(indicator_sums * (card + indicator_sum_arity) * 3 * 8,
-              f"indicator sums: {indicator_sums} x {card} states")
-    terms.add(tabular * num_vars * width * (8 + 2 * itemsize + 1),
-              f"products of inputs: {tabular} products x {num_vars} variables x {width} states")
-    padded = sum(count * arity for count, arity in groups.values())
-    terms.add(padded * (8 + 1 + 3 * itemsize), f"sum and product layers: {padded} padded children")
-    terms.add(len(entries) * NODE_OVERHEAD + edges * EDGE_OVERHEAD, f"the structure: {len(entries)} nodes")
-    parameters = weights + counts["Bernoulli"] + categorical_rows * card + 2 * counts["Gaussian"]
-    return terms.estimate(parameters)
+
+    def estimate(self, itemsize: int) -> Estimate:
+        num_vars, card, counts = self.num_vars, self.card, self.leaf_counts
+        width = card + 1
+        table_rows = counts["Indicator"] + counts["Bernoulli"] + counts["Categorical"] + self.indicator_sums
+        terms = _Terms()
+        terms.add(num_vars * (5 * 8 + width * itemsize), f"{num_vars} variables")
+        terms.add(table_rows * width * (4 * 8), f"the input table: {table_rows} inputs x {width} states")
+        terms.add(self.categorical_rows * card * 3 * 8, f"categorical leaves: {self.categorical_rows} x {card} states")
+        terms.add(self.indicator_sums * (card + self.indicator_sum_arity) * 3 * 8,
+                  f"indicator sums: {self.indicator_sums} x {card} states")
+        terms.add(self.tabular * num_vars * width * (8 + 2 * itemsize + 1),
+                  f"products of inputs: {self.tabular} products x {num_vars} variables x {width} states")
+        padded = sum(count * arity for count, arity in self.groups.values())
+        terms.add(padded * (8 + 1 + 3 * itemsize), f"sum and product layers: {padded} padded children")
+        terms.add(self.size * NODE_OVERHEAD + self.edges * EDGE_OVERHEAD, f"the structure: {self.size} nodes")
+        parameters = self.weights + counts["Bernoulli"] + self.categorical_rows * card + 2 * counts["Gaussian"]
+        return terms.estimate(parameters)
 
 
 def _config(header: dict[str, Any], names: tuple[str, ...]) -> dict[str, int] | None:
