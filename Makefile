@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 
 test: install lint
 	$(BIN)/python -m pytest tests
