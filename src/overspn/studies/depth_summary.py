@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.atomic import atomic_write_json, atomic_write_text
 from overspn.errors import ConfigurationError
+from overspn.studies.report import figure, save_figure
 from overspn.studies.statistics import binomial_interval, speedup, summarise_reach
 
 if TYPE_CHECKING:  # depth.py imports this module at its top, so only the type checker imports depth.py here
@@ -182,12 +183,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
 def plot_study(study: Study, results: Sequence[RunResult], name: str, path: str | Path) -> None:
     """The figure of one data set: mean train log-likelihood with a +-1 std band over runs (test dashed), and the
     paper's view, the best run (highest final train log-likelihood) of every depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    made, (left, right) = figure(10, 3.8, 1, 2, sharey=True)
     colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green"}
     for depth in study.depths:
         runs = [r for r in results if r.dataset == name and r.depth == depth]
@@ -210,12 +206,8 @@ def plot_study(study: Study, results: Sequence[RunResult], name: str, path: str 
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     left.set_ylabel("mean log-likelihood (nats)")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    made.suptitle(title, fontsize=10)
+    save_figure(made, path, dpi=110)
 
 
 def write_outputs(study: Study, results: Sequence[RunResult], out: str | Path,

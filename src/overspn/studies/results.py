@@ -17,7 +17,6 @@ Each part is skipped when its study folder is missing; the numbers come from wha
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 from pathlib import Path
@@ -25,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from overspn.atomic import atomic_write_json, atomic_write_text
 from overspn.studies.depth import summarise
+from overspn.studies.report import figure, save_figure
 from overspn.studies.statistics import binomial_interval
 from overspn.studies.sweep import load_results, plot_sweep, sweep_summary
 
@@ -72,12 +72,7 @@ def paper_part(folder: Path, out: Path) -> dict[str, Any]:
 
 
 def _plot_paper(study: Any, results: list, target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = figure(11, 4.2, 1, 2, sharey=True)
     for axis, depth in zip(axes, (1, 3)):
         curves = np.array([r.history.train_llh for r in results if r.depth == depth])
         for curve in curves:
@@ -93,11 +88,7 @@ def _plot_paper(study: Any, results: list, target: float, path: Path) -> None:
         axis.legend(fontsize=7, loc="lower right")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("train mean log-likelihood (nats)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path, dpi=90)
 
 
 def sweep_part(folders: list[Path], out: Path) -> dict[str, Any]:

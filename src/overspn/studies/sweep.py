@@ -9,7 +9,6 @@ with bootstrap intervals over seeds (:mod:`overspn.studies.statistics`).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Sequence
@@ -18,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from overspn.atomic import atomic_write_bytes, atomic_write_json
+from overspn.atomic import atomic_write_json
 from overspn.errors import ConfigurationError
 from overspn.learn.fit import History
 from overspn.studies.depth import BRANCHINGS, RunResult, Study, summarise
+from overspn.studies.report import figure, save_figure
 from overspn.studies.statistics import kaplan_meier_curve, summarise_reach
 
 __all__ = ["perturbation_label", "load_results", "sweep_summary", "write_sweep", "format_sweep", "plot_sweep"]
@@ -125,12 +125,7 @@ def plot_sweep(outcomes: Sequence[tuple[Study, Sequence[RunResult]]], summary: d
                path: str | Path) -> None:
     """Left: speed-up (depth 1 / depth d, KM medians) against the perturbation with 95 % bootstrap intervals, per
     budget. Right: Kaplan–Meier curves, the fraction of runs not yet at the target against the iteration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    made, (left, right) = figure(11, 4.2, 1, 2)
     name = outcomes[0][0].datasets[0]
     markers = {2: "s", 3: "o"}
     for b, budget in enumerate(summary["budgets"]):
@@ -158,7 +153,9 @@ def plot_sweep(outcomes: Sequence[tuple[Study, Sequence[RunResult]]], summary: d
     if left.get_legend_handles_labels()[0]:
         left.legend(fontsize=7)
     left.grid(alpha=0.3)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(outcomes)))
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(outcomes)))
     target = summary["perturbations"][0]["budgets"][str(summary["budgets"][-1])][name]["target"]
     for colour, (study, results) in zip(colours, sorted(outcomes, key=lambda o: -o[0].perturbation)):
         for depth, style in ((1, "-"), (3, "--")):
@@ -179,13 +176,9 @@ def plot_sweep(outcomes: Sequence[tuple[Study, Sequence[RunResult]]], summary: d
     right.legend(fontsize=6, ncol=2)
     right.grid(alpha=0.3)
     depths = sorted({depth for study, _ in outcomes for depth in study.depths})
-    figure.suptitle(f"{name}: perturbation sweep ({summary['protocol']} protocol, "
+    made.suptitle(f"{name}: perturbation sweep ({summary['protocol']} protocol, "
                     f"{', '.join(f'{d} {BRANCHINGS[d]}' for d in depths)})", fontsize=10)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(made, path, dpi=100)
 
 
 def write_sweep(outcomes: Sequence[tuple[Any, ...]],
