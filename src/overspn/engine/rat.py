@@ -334,8 +334,9 @@ class RatSPN(SPNModule):
         return actual_weights(parameter, self.parametrisation)
 
 
-def rat_spn(num_vars: int, depth: int = 2, num_repetitions: int = 10, num_sums: int = 10, num_input: int = 10,
+def rat_spn(num_vars: int, depth: int = 1, num_repetitions: int = 20, num_sums: int = 10, num_input: int = 20,
             leaf: str = "bernoulli", seed: int = 0, cardinality: int = 2) -> Node:
-    """A RAT-SPN as a symbolic structure with random parameters (from ``seed``): normalised sum weights."""
+    """A RAT-SPN as a symbolic structure with random parameters (from ``seed``): normalised sum weights; the
+    defaults are :class:`RatConfig`'s."""
     config = RatConfig(num_vars, depth, num_repetitions, num_sums, num_input, leaf, cardinality, seed)
     return RatSPN(config, dtype=torch.float64).to_structure()

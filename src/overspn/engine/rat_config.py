@@ -20,13 +20,18 @@ LEAF_KINDS = ("bernoulli", "categorical", "gaussian")
 
 @dataclass(frozen=True)
 class RatConfig:
-    """Everything that fixes a RAT-SPN's structure (the parameters are initialised from ``seed`` as well)."""
+    """Everything that fixes a RAT-SPN's structure (the parameters are initialised from ``seed`` as well).
+
+    The defaults are those of ``overspn train --structure rat``: one split into two halves, 20 repetitions of 20
+    inputs each (the number of sums only matters from depth 2 on). On the binary benchmarks this wide, shallow
+    RAT-SPN reached better validation log-likelihoods within minutes than depth 2 or 3 with 10 repetitions, sums and
+    inputs."""
 
     num_vars: int
-    depth: int = 2
-    num_repetitions: int = 10
+    depth: int = 1
+    num_repetitions: int = 20
     num_sums: int = 10
-    num_input: int = 10
+    num_input: int = 20
     leaf: str = "bernoulli"
     cardinality: int = 2
     seed: int = 0

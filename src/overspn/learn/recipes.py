@@ -35,10 +35,9 @@ STRUCTURE_KINDS = ("hclt", "rat")
 RAT_KEYS = {"depth": "depth", "d": "depth", "repetitions": "num_repetitions", "r": "num_repetitions",
             "sums": "num_sums", "k": "num_sums", "s": "num_sums", "inputs": "num_input", "i": "num_input"}
 RAT_NAMES = {"depth": "depth", "num_repetitions": "repetitions", "num_sums": "sums", "num_input": "inputs"}
-# One split into two halves, 20 repetitions of 20 inputs each (the number of sums only matters from depth 2 on). On
-# the binary benchmarks this wide, shallow RAT-SPN reached better validation log-likelihoods within minutes than
-# depth 2 or 3 with 10 repetitions, sums and inputs; deeper structures are one --structure away.
-DEFAULT_RAT = {"depth": 1, "num_repetitions": 20, "num_sums": 10, "num_input": 20}
+# the RAT-SPN layout of `overspn train --structure rat`: RatConfig's own defaults (read off a config with enough
+# variables for any default depth), one source for the API and the command line
+DEFAULT_RAT: dict[str, int] = {name: int(getattr(RatConfig(num_vars=2 ** 10), name)) for name in RAT_NAMES}
 HCLT_KEYS = {"latent": "latent", "k": "latent", "pseudocount": "pseudocount", "alpha": "pseudocount",
              "init": "init"}
 # latent: states per hidden variable; pseudocount: Laplace smoothing of the Chow-Liu statistics, of the leaves'
