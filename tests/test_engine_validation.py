@@ -192,3 +192,19 @@ def test_weights_that_underflow_in_float32_are_refused_at_compile_time() -> None
         osp.compile_structure(tiny, "raw", dtype=torch.float32)
     model = osp.compile_structure(tiny, "raw", dtype=torch.float64)  # representable there
     assert bool(torch.isfinite(model.log_likelihood(np.array([[0.0, 1.0]]))).all())
+
+
+def test_a_layout_beyond_the_memory_budget_is_refused_before_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An indicator of a huge state would need a table row that wide: compiling names the estimate and the limit."""
+    import tracemalloc
+
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", str(2**20))
+    wide = osp.Sum([osp.Indicator(0, 0), osp.Indicator(0, 10**7)], [1.0, 1.0])
+    tracemalloc.start()
+    with pytest.raises(osp.ConfigurationError, match="memory budget"):
+        osp.compile_structure(wide)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**22  # refused before the 80 MB table was allocated
+    monkeypatch.setenv("OVERSPN_MEMORY_BUDGET", str(2**30))
+    assert osp.compile_structure(osp.mixture(num_vars=20, num_components=4)).num_vars == 20
