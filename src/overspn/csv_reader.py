@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from overspn.errors import DataError
 
 __all__ = ["CHUNK_CHARS", "MISSING_TOKENS", "first_bad_state", "parse_lines", "read_csv", "scan_csv"]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .csv_reader import MISSING_TOKENS, read_csv, scan_csv  # noqa: F401 (MISSING_TOKENS: data's name for them)
-from .csv_reader import parse_lines as _parse_lines
-from .errors import ConfigurationError, DataError
+from overspn.atomic import atomic_write_bytes
+from overspn.csv_reader import MISSING_TOKENS, read_csv, scan_csv  # noqa: F401 (MISSING_TOKENS: data's name for them)
+from overspn.csv_reader import parse_lines as _parse_lines
+from overspn.errors import ConfigurationError, DataError
 
 __all__ = [
     "Dataset",

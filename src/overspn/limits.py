@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from overspn.errors import ModelFileError
+from overspn.data import memory_budget
+from overspn.errors import ConfigurationError, ModelFileError
 
 __all__ = ["Estimate", "StoredArray", "load_limit", "layout_estimate", "check_arrays", "check_estimate",
            "json_limit_check", "describe_bytes", "MIN_FILE_ALLOWANCE", "FILE_RATIO"]
@@ -69,7 +70,6 @@ def describe_bytes(count: int) -> str:
 
 def load_limit(file_size: int) -> tuple[int, str]:
     """The bytes a model file of ``file_size`` bytes may make load allocate, and where that limit comes from."""
-    from overspn.data import memory_budget  # raises ConfigurationError for a malformed $OVERSPN_MEMORY_BUDGET
 
     budget = memory_budget()
     if os.environ.get(_ENV, "").strip():
@@ -333,3 +333,18 @@ def _hclt(header: dict[str, Any], itemsize: int) -> Estimate | None:
 
 
 _ESTIMATORS = {"compiled": _compiled, "rat": _rat, "hclt": _hclt}
+
+
+def check_compile_memory(num_nodes: int, num_products: int, num_vars: int, cardinality: int, fast: bool) -> None:
+    """Refuse, before allocating, a layout whose tables would not fit the memory budget: the discrete input table
+    holds ``C + 1`` columns per input node, and the matrix form of products over discrete inputs (``fast``) an index
+    of ``D (C + 1)`` entries per product; a single indicator of state 10^8, or 10^7 variables, make these huge."""
+    width = cardinality + 1
+    estimate = 8 * width * (num_nodes + (num_products * num_vars if fast else 0))
+    limit = memory_budget()
+    if estimate > limit:
+        raise ConfigurationError(
+            f"compiling this structure needs about {estimate / 2**30:.1f} GiB for its tables ({num_nodes} nodes, "
+            f"{num_products} products, "
+            f"{num_vars} variables, up to {cardinality} states), more than the memory budget of "
+            f"{limit / 2**30:.1f} GiB (set OVERSPN_MEMORY_BUDGET in bytes to allow more)")

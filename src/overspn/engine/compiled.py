@@ -39,6 +39,7 @@ from overspn.engine.encoding import EncodedData
 from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProductLayer
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
+from overspn.limits import check_compile_memory
 from overspn.symbolic.csr import edges_of
 from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
 from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum
@@ -84,7 +85,7 @@ class CompiledSPN(SPNModule):
             leaf_card[kind == CATEGORICAL] = np.fromiter(map(len, flat.probs), np.int64, len(flat.probs))
         discrete_leaf = leaves & (kind != GAUSSIAN)
         np.maximum.at(cardinality, flat.var[discrete_leaf], leaf_card[discrete_leaf])
-        _check_layout_memory(len(kind), int((kind == PRODUCT).sum()), int(num_vars),
+        check_compile_memory(len(kind), int((kind == PRODUCT).sum()), int(num_vars),
                              max(2, int(cardinality.max(initial=0))), fast)
         super().__init__(num_vars, cardinality, weights, floor, dtype)
         self.fast = fast
@@ -374,23 +375,6 @@ class CompiledSPN(SPNModule):
         structure = flat if flat is not None else structure_from_dict(config["structure"])
         return cls(structure, config["weights"], floor=config["floor"], dtype=dtype, num_vars=config["num_vars"],
                    fast=config["fast"])
-
-
-def _check_layout_memory(num_nodes: int, num_products: int, num_vars: int, cardinality: int, fast: bool) -> None:
-    """Refuse, before allocating, a layout whose tables would not fit the memory budget: the discrete input table
-    holds ``C + 1`` columns per input node, and the matrix form of products over discrete inputs (``fast``) an index
-    of ``D (C + 1)`` entries per product; a single indicator of state 10^8, or 10^7 variables, make these huge."""
-    from overspn.data import memory_budget
-
-    width = cardinality + 1
-    estimate = 8 * width * (num_nodes + (num_products * num_vars if fast else 0))
-    limit = memory_budget()
-    if estimate > limit:
-        raise ConfigurationError(
-            f"compiling this structure needs about {estimate / 2**30:.1f} GiB for its tables ({num_nodes} nodes, "
-            f"{num_products} products, "
-            f"{num_vars} variables, up to {cardinality} states), more than the memory budget of "
-            f"{limit / 2**30:.1f} GiB (set OVERSPN_MEMORY_BUDGET in bytes to allow more)")
 
 
 def compile_structure(root: Node, weights: str = "raw", *, floor: float = DEFAULT_FLOOR,
