@@ -21,7 +21,7 @@ from torch import nn
 
 from overspn.engine.encoding import EncodedData, as_checked_tensor, checked_codes
 from overspn.engine.weights import check_weight_options
-from overspn.errors import ConfigurationError
+from overspn.errors import ConfigurationError, ModelFileError
 
 if TYPE_CHECKING:
     from overspn.engine.compiled import CompiledSPN
@@ -36,6 +36,16 @@ MODEL_KINDS: dict[str, type[SPNModule]] = {}
 def check_dtype(dtype: object) -> None:
     if dtype not in (torch.float32, torch.float64):
         raise ConfigurationError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+
+
+def layout_from_file(config: dict[str, Any], layout: type[Any], what: str) -> Any:
+    """The layout dataclass ``layout`` stored under ``config["config"]`` by a tensorised model's ``file_config``;
+    ModelFileError when the stored fields are not exactly the dataclass's (its own checks then validate values)."""
+    settings = config.get("config")
+    fields = layout.__dataclass_fields__
+    if not isinstance(settings, dict) or set(settings) != set(fields):
+        raise ModelFileError(f"the {what} configuration must name {sorted(fields)}, got {settings!r}")
+    return layout(**settings)
 
 
 class EncodingCache:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine.base import SPNModule
+from overspn.engine.base import SPNModule, layout_from_file
 from overspn.engine.encoding import EncodedData
 from overspn.engine.semiring import finite_max
 from overspn.engine.weights import (
@@ -35,7 +35,7 @@ from overspn.engine.weights import (
     linear_weights,
     to_parameter,
 )
-from overspn.errors import ConfigurationError, DataError, ModelFileError
+from overspn.errors import ConfigurationError, DataError
 from overspn.symbolic.structure import Bernoulli, Categorical, Leaf, Node, Product, Sum
 
 __all__ = ["HCLTConfig", "HCLT"]
@@ -200,11 +200,7 @@ class HCLT(SPNModule):
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> HCLT:
-        settings = config.get("config")
-        if not isinstance(settings, dict) or set(settings) != set(HCLTConfig.__dataclass_fields__):
-            raise ModelFileError(f"the HCLT configuration must name {sorted(HCLTConfig.__dataclass_fields__)}, "
-                                 f"got {settings!r}")
-        hclt_config = HCLTConfig(**settings)
+        hclt_config = layout_from_file(config, HCLTConfig, "HCLT")
         weights, floor = checked_weight_options(config.get("weights"), config.get("floor"))
         return cls(hclt_config, weights, floor=floor, dtype=dtype)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine.base import SPNModule
+from overspn.engine.base import SPNModule, layout_from_file
 from overspn.engine.encoding import EncodedData
 from overspn.engine.rat_config import LEAF_KINDS, RatConfig, region_graph
 from overspn.engine.rat_layers import einsum_layer, root_layer
@@ -37,7 +37,7 @@ from overspn.engine.weights import (
     linear_weights,
     to_parameter,
 )
-from overspn.errors import ConfigurationError, ModelFileError
+from overspn.errors import ConfigurationError
 from overspn.symbolic.structure import Bernoulli, Categorical, Gaussian, Leaf, Node, Product, Sum
 
 # LEAF_KINDS and RatConfig live in rat_config.py and are re-exported here, where callers import them
@@ -116,11 +116,7 @@ class RatSPN(SPNModule):
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> RatSPN:
-        settings = config.get("config")
-        if not isinstance(settings, dict) or set(settings) != set(RatConfig.__dataclass_fields__):
-            raise ModelFileError(f"the RAT-SPN configuration must name {sorted(RatConfig.__dataclass_fields__)}, "
-                                 f"got {settings!r}")
-        rat_config = RatConfig(**settings)
+        rat_config = layout_from_file(config, RatConfig, "RAT-SPN")
         weights, floor = checked_weight_options(config.get("weights"), config.get("floor"))
         return cls(rat_config, weights, floor=floor, dtype=dtype)
 
