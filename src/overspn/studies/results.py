@@ -7,6 +7,8 @@ folders that ``make figures`` fills, into ``docs/results/`` (small JSON and PNG 
   iterations, the slow one-layer runs and when they reach the plateau;
 * ``gaussian_ITERATIONS.json``, ``gaussian_ITERATIONS_NAME.png``: the depth study with Gaussian leaves;
 * ``dynamics.json``, ``dynamics_eta_scaling.png``: what ``overspn dynamics`` prints for the README's settings;
+* ``log_protocol.json`` and ``compare_PROTOCOL.json`` with their figures: the log-weight protocol and the optimizer
+  comparison (:mod:`overspn.studies.results_protocols`);
 * ``tables.md``: the README's tables, generated from the JSON files by :func:`readme_tables` (the test of the
   README compares the README with these).
 
@@ -27,6 +29,7 @@ import numpy as np
 from overspn.atomic import atomic_write_json, atomic_write_text
 from overspn.studies.depth import summarise
 from overspn.studies.report import figure, save_figure
+from overspn.studies.results_protocols import compare_part, compare_table, log_part, log_table
 from overspn.studies.statistics import binomial_interval
 from overspn.studies.sweep import load_results, plot_sweep, sweep_summary
 
@@ -220,11 +223,13 @@ def dynamics_table(dynamics: dict[str, Any]) -> str:
 
 def readme_tables(folder: Path) -> dict[str, str]:
     """The README's tables, keyed by name, from the JSON files in ``folder`` (those present)."""
-    makers = {"paper": paper_table, "sweep": sweep_table, "dynamics": dynamics_table}
+    makers = {"paper": paper_table, "sweep": sweep_table, "dynamics": dynamics_table, "log_protocol": log_table}
     names = [name for name in makers if (folder / f"{name}.json").is_file()]
-    names += sorted((p.stem for p in folder.glob("gaussian_*.json")), key=lambda n: int(n.split("_")[1]))
-    return {name: makers.get(name, gaussian_table)(json.loads((folder / f"{name}.json").read_text()))
-            for name in names}
+    gaussian = sorted((p.stem for p in folder.glob("gaussian_*.json")), key=lambda n: int(n.split("_")[1]))
+    comparisons = sorted(p.stem for p in folder.glob("compare_*.json"))
+    makers.update({name: gaussian_table for name in gaussian} | {name: compare_table for name in comparisons})
+    return {name: makers[name](json.loads((folder / f"{name}.json").read_text()))
+            for name in names + gaussian + comparisons}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaussian", type=Path, action="append",
                         help="a Gaussian-leaf study folder (repeatable; default results/gaussian)")
     parser.add_argument("--dynamics", type=Path, default=Path("results/dynamics/nltcs-2x2x2"))
+    parser.add_argument("--log", type=Path, default=Path("results/log"),
+                        help="folder of the log-weight protocol (overspn reproduce --protocol log)")
+    parser.add_argument("--compare", type=Path, action="append",
+                        help="an overspn compare output folder (repeatable; default results/compare and "
+                             "results/compare-log)")
+    parser.add_argument("--data-dir", type=Path, help="benchmark splits, for the log protocol's factorised model "
+                                                      "(default $OVERSPN_DATA)")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.dynamics / "summary.json").is_file():
         dynamics_part(args.dynamics, args.out)
         print(f"wrote {args.out / 'dynamics.json'}")
+    if (args.log / "study.json").is_file():
+        log_part(args.log, args.out, args.data_dir)
+        print(f"wrote {args.out / 'log_protocol.json'}")
+    for folder in args.compare or [Path("results/compare"), Path("results/compare-log")]:
+        if (folder / "comparison.json").is_file():
+            for summary in compare_part(folder, args.out):
+                print(f"wrote {args.out / ('compare_' + summary['protocol'] + '.json')} from {folder}")
     tables = readme_tables(args.out)
     atomic_write_text(args.out / "tables.md", "".join(f"## {name}\n\n{table}\n\n" for name, table in tables.items()))
     print(f"wrote {args.out / 'tables.md'}")
