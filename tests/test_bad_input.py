@@ -287,10 +287,10 @@ API_CASES = [
     Case("missing header field", lambda d: osp.load(rewritten_model(d, header_change(lambda h: h.pop("dtype")))),
          ModelFileError, ("no field 'dtype'",)),
     Case("negative weight in the stored structure", lambda d: osp.load(rewritten_model(d, header_change(
-        lambda h: h["structure"]["nodes"][-1].update(weights=[-2.0])))), ModelFileError,
+        lambda h: h["structure"]["weights"].__setitem__(-1, -2.0)))), ModelFileError,
          ("Sum 'root'", "negative weight -2.0")),
     Case("child reference out of range", lambda d: osp.load(rewritten_model(d, header_change(
-        lambda h: h["structure"]["nodes"][-1].update(children=[99])))), ModelFileError,
+        lambda h: h["structure"]["children"].__setitem__(-1, 99)))), ModelFileError,
          ("node", "child 99", "not an earlier node")),
     Case("NaN parameters", lambda d: osp.load(rewritten_model(d, parameters_set_to(np.nan))), ModelFileError,
          ("parameter", "NaN")),

@@ -22,6 +22,7 @@ import torch
 
 import overspn as osp
 from overspn.errors import ConfigurationError, ModelFileError
+from overspn.structure_columns import read_columns, to_entries
 
 MiB = 2**20
 
@@ -78,8 +79,29 @@ def npy_header(shape: tuple[int, ...], dtype: str = "<f8") -> bytes:
     return out.getvalue()
 
 
+def legacy_nodes(header: dict) -> list[dict]:
+    """The header turned into the form format version 2 wrote (one object per node); returns its nodes."""
+    header["version"] = 2
+    header["structure"] = to_entries(read_columns(header["structure"]))
+    return header["structure"]["nodes"]
+
+
 def set_nodes(update: Callable[[list[dict]], None]) -> Callable[[dict], None]:
-    return lambda header: update(header["structure"]["nodes"])
+    return lambda header: update(legacy_nodes(header))
+
+
+def set_column(letter: str, field: str, value: object) -> Callable[[dict], None]:
+    """Set ``field`` of the first node of type ``letter`` in the column form (``var`` is indexed over all leaves,
+    the other fields over their own kind; ``weights``: the first weight of the first sum)."""
+    def change(header: dict) -> None:
+        columns = header["structure"]
+        leaves = [t for t in columns["types"] if t in "IBCG"]
+        columns[field][leaves.index(letter) if field == "var" else 0] = value
+    return change
+
+
+def set_structure(**values: object) -> Callable[[dict], None]:
+    return lambda header: header["structure"].update(values)
 
 
 def first(nodes: list[dict], kind: str) -> dict:
@@ -117,6 +139,30 @@ CASES: list[tuple[str, Callable[[], osp.SPNModule], object, object, tuple[str, .
      ("Gaussian", "its variable")),
     ("categorical of 1e7 states", compiled_model,
      set_nodes(lambda n: first(n, "Categorical").update(probs=[1e-7] * 10**6)), None, ("limit",)),
+    ("columns: indicator of state 1e8", compiled_model, set_column("I", "value", 10**8), None,
+     ("100000002 states", "limit")),
+    ("columns: indicator of state 1e12", compiled_model, set_column("I", "value", 10**12), None,
+     ("Indicator", "its value is 1000000000000", "largest accepted")),
+    ("columns: indicator of a huge state", compiled_model, set_column("I", "value", HUGE), None,
+     ("its value is", "digits")),
+    ("columns: variable 1e12", compiled_model, set_column("G", "var", 10**12), None, ("Gaussian", "its variable")),
+    ("columns: negative variable", compiled_model, set_column("G", "var", -1),
+     None, ("Gaussian", "its variable must be an integer >= 0")),
+    ("columns: categorical of 1e7 states", compiled_model, set_column("C", "probs", [1e-7] * 10**6), None,
+     ("limit",)),
+    ("columns: huge weight", compiled_model, set_column("S", "weights", HUGE), None,
+     ("weights", "beyond the range of a float")),
+    ("columns: huge mean", compiled_model, set_column("G", "mean", HUGE), None,
+     ("mean", "beyond the range of a float")),
+    ("columns: weight that is a string", compiled_model, set_column("S", "weights", "1"), None,
+     ("Sum", "weights must be numbers")),
+    ("columns: unknown node letter", compiled_model, set_structure(types="IXS"), None,
+     ("node 1", "unknown type 'X'")),
+    ("columns: children miscounted", compiled_model, set_structure(arity=[10**6, 1, 1]), None,
+     ("'children'", "its nodes need")),
+    ("columns: a later child", compiled_model, lambda h: h["structure"]["children"].__setitem__(0, 10**6), None,
+     ("refers to child 1000000", "not an earlier node")),
+    ("columns: names not an object", compiled_model, set_structure(names=[1]), None, ("'names'",)),
     ("huge floor", compiled_model, lambda h: h.update(floor=HUGE), None, ("'floor'", "invalid value")),
     ("huge weight", compiled_model, set_nodes(lambda n: first(n, "Sum").update(weights=[HUGE, 1])), None,
      ("weights", "beyond the range of a float")),

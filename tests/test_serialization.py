@@ -206,13 +206,14 @@ def rewrite_header(source: Path, target: Path, change: dict[str, object]) -> Non
 
 
 @pytest.mark.parametrize("change, fragments", [
-    ({"version": 3}, ["version 3 is not supported", "newer"]),
+    ({"version": 4}, ["version 4 is not supported", "newer"]),
     ({"version": 0}, ["version 0 is not supported"]),
     ({"version": "1"}, ["version '1' is not supported"]),
     ({"format": "something-else"}, ["not an overspn model file", "something-else"]),
     ({"dtype": "float16"}, ["dtype"]),
     ({"weights": "exp"}, ["weights"]),
     ({"structure": {"nodes": []}}, ["no nodes"]),
+    ({"structure": {"types": ""}}, ["'types'", "non-empty string"]),
 ])
 def test_wrong_header(tmp_path: Path, saved: tuple[Path, osp.CompiledSPN], change: dict[str, object],
                       fragments: list[str]) -> None:
@@ -232,8 +233,7 @@ def test_header_that_is_not_an_object(tmp_path: Path, saved: tuple[Path, osp.Com
 def test_invalid_stored_structure_and_parameters(tmp_path: Path, saved: tuple[Path, osp.CompiledSPN]) -> None:
     entries = read_entries(saved[0])
     header = json.loads(entries["model.json"])
-    sums = [i for i, node in enumerate(header["structure"]["nodes"]) if node["type"] == "Sum"]
-    header["structure"]["nodes"][sums[-1]]["weights"][0] = -1.0
+    header["structure"]["weights"][-1] = -1.0  # the root's last weight: edges are stored in node order
     write_entries(tmp_path / "negative.spn", {**entries, "model.json": json.dumps(header).encode()})
     assert_rejected(tmp_path / "negative.spn", "negative weight")
 
@@ -288,3 +288,20 @@ def test_malicious_pickles_are_rejected_without_running(tmp_path: Path, saved: t
     write_entries(tmp_path / "pickled_header.spn", {**entries, "model.json": payload})
     assert_rejected(tmp_path / "pickled_header.spn")
     assert not marker.exists()
+
+
+def test_files_of_format_version_2_still_load(tmp_path: Path, saved: tuple[Path, osp.CompiledSPN]) -> None:
+    """Version 2 stored the structure as one object per node; such a file loads into the same model."""
+    from overspn.structure_columns import read_columns, to_entries
+
+    path, model = saved
+    entries = read_entries(path)
+    header = json.loads(entries["model.json"])
+    header["version"] = 2
+    header["structure"] = to_entries(read_columns(header["structure"]))
+    assert "nodes" in header["structure"]
+    write_entries(tmp_path / "v2.spn", {**entries, "model.json": json.dumps(header).encode()})
+    loaded = osp.load(tmp_path / "v2.spn")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert osp.structure_to_dict(loaded.to_structure()) == osp.structure_to_dict(model.to_structure())

@@ -24,9 +24,10 @@ import numpy as np
 
 from overspn.data import memory_budget
 from overspn.errors import ConfigurationError, ModelFileError
+from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
 
 __all__ = ["Estimate", "StoredArray", "load_limit", "layout_estimate", "check_arrays", "check_estimate",
-           "json_limit_check", "describe_bytes", "MIN_FILE_ALLOWANCE", "FILE_RATIO"]
+           "json_limit_check", "describe_bytes", "short_int", "MAX_INDEX", "MIN_FILE_ALLOWANCE", "FILE_RATIO"]
 
 MIN_FILE_ALLOWANCE = 256 * 2**20
 FILE_RATIO = 1024
@@ -149,11 +150,12 @@ def _count(value: Any, what: str, where: str = "the header") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     if value > MAX_INDEX:
-        raise ModelFileError(f"{where}: {what} is {_short(value)}, beyond the largest accepted value {MAX_INDEX}")
+        raise ModelFileError(f"{where}: {what} is {short_int(value)}, beyond the largest accepted value {MAX_INDEX}")
     return value
 
 
-def _short(value: int) -> str:
+def short_int(value: int) -> str:
+    """An int for a message: its digits, or its first and last digits and their count when it is long."""
     text = str(value)
     return text if len(text) <= 24 else f"{text[:8]}...{text[-4:]} ({len(text)} digits)"
 
@@ -181,8 +183,10 @@ def layout_estimate(kind: str, header: dict[str, Any], itemsize: int) -> Estimat
 
 def _compiled(header: dict[str, Any], itemsize: int) -> Estimate | None:
     structure = header.get("structure")
-    entries = structure.get("nodes") if isinstance(structure, dict) else None
     num_vars = _count(header.get("num_vars"), "num_vars")
+    if isinstance(structure, FlatStructure) and num_vars is not None:
+        return _compiled_flat(structure, num_vars, header.get("fast") is not False, itemsize)
+    entries = structure.get("nodes") if isinstance(structure, dict) else None
     if not isinstance(entries, list) or num_vars is None:
         return None
     layout = _CompiledLayout(len(entries), num_vars, fast=header.get("fast") is not False)
@@ -253,22 +257,67 @@ class _CompiledLayout:
         group[1] = max(group[1], len(children))
 
     def estimate(self, itemsize: int) -> Estimate:
-        num_vars, card, counts = self.num_vars, self.card, self.leaf_counts
-        width = card + 1
-        table_rows = counts["Indicator"] + counts["Bernoulli"] + counts["Categorical"] + self.indicator_sums
-        terms = _Terms()
-        terms.add(num_vars * (5 * 8 + width * itemsize), f"{num_vars} variables")
-        terms.add(table_rows * width * (4 * 8), f"the input table: {table_rows} inputs x {width} states")
-        terms.add(self.categorical_rows * card * 3 * 8, f"categorical leaves: {self.categorical_rows} x {card} states")
-        terms.add(self.indicator_sums * (card + self.indicator_sum_arity) * 3 * 8,
-                  f"indicator sums: {self.indicator_sums} x {card} states")
-        terms.add(self.tabular * num_vars * width * (8 + 2 * itemsize + 1),
-                  f"products of inputs: {self.tabular} products x {num_vars} variables x {width} states")
         padded = sum(count * arity for count, arity in self.groups.values())
-        terms.add(padded * (8 + 1 + 3 * itemsize), f"sum and product layers: {padded} padded children")
-        terms.add(self.size * NODE_OVERHEAD + self.edges * EDGE_OVERHEAD, f"the structure: {self.size} nodes")
-        parameters = self.weights + counts["Bernoulli"] + self.categorical_rows * card + 2 * counts["Gaussian"]
-        return terms.estimate(parameters)
+        return _compiled_terms(self.num_vars, self.card, self.leaf_counts, self.categorical_rows, self.indicator_sums,
+                               self.indicator_sum_arity, self.tabular, padded, self.size, self.edges, self.weights,
+                               itemsize)
+
+
+def _compiled_flat(flat: FlatStructure, num_vars: int, fast: bool, itemsize: int) -> Estimate:
+    """:class:`_CompiledLayout`'s estimate for a structure read into arrays, with numpy over all nodes and edges."""
+    kind, child, count, parent = flat.kind, flat.child, flat.count, flat.parent
+    n = len(kind)
+    leaves, indicators, sums = kind < SUM, kind == INDICATOR, kind == SUM
+    if leaves.any():
+        num_vars = max(num_vars, int(flat.var[leaves].max()) + 1)
+    card = max(2, int(flat.value[indicators].max(initial=1)) + 1, max(map(len, flat.probs), default=0))
+    filled = np.flatnonzero(count > 0)
+    starts = flat.ptr[filled]
+    # indicator sums: sums whose children are all indicators of one variable
+    others = np.bincount(parent, ~indicators[child], minlength=n)
+    lowest, highest = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if len(filled):
+        lowest[filled] = np.minimum.reduceat(flat.var[child], starts)
+        highest[filled] = np.maximum.reduceat(flat.var[child], starts)
+    indicator_sums = sums & (count > 0) & (others == 0) & (lowest == highest)
+    discrete = (leaves & (kind != GAUSSIAN)) | indicator_sums
+    tabular = np.zeros(n, bool)
+    if fast:
+        tabular = (kind == PRODUCT) & (count > 0) & (np.bincount(parent, ~discrete[child], minlength=n) == 0)
+    source = leaves | indicator_sums | tabular | (count == 0)
+    height = flat.levels(source)
+    layered = np.flatnonzero(~source)
+    groups, group_of = np.unique(height[layered] * 2 + sums[layered], return_inverse=True)
+    widest = np.zeros(len(groups), np.int64)
+    np.maximum.at(widest, group_of, count[layered])
+    padded = int((np.bincount(group_of, minlength=len(groups)) * widest).sum())
+    leaf_counts = {name: int((kind == code).sum()) for name, code in
+                   (("Bernoulli", BERNOULLI), ("Categorical", CATEGORICAL), ("Gaussian", GAUSSIAN),
+                    ("Indicator", INDICATOR))}
+    return _compiled_terms(num_vars, card, leaf_counts, leaf_counts["Categorical"], int(indicator_sums.sum()),
+                           int(count[indicator_sums].max(initial=0)), int(tabular.sum()), padded, n, len(child),
+                           int(count[sums].sum()), itemsize)
+
+
+def _compiled_terms(num_vars: int, card: int, counts: dict[str, int], categorical_rows: int, indicator_sums: int,
+                    indicator_sum_arity: int, tabular: int, padded: int, size: int, edges: int, weights: int,
+                    itemsize: int) -> Estimate:
+    """The bytes of a compiled layout from its tallies (``padded``: children of the sum and product layers, each
+    layer padded to its widest node)."""
+    width = card + 1
+    table_rows = counts["Indicator"] + counts["Bernoulli"] + counts["Categorical"] + indicator_sums
+    terms = _Terms()
+    terms.add(num_vars * (5 * 8 + width * itemsize), f"{num_vars} variables")
+    terms.add(table_rows * width * (4 * 8), f"the input table: {table_rows} inputs x {width} states")
+    terms.add(categorical_rows * card * 3 * 8, f"categorical leaves: {categorical_rows} x {card} states")
+    terms.add(indicator_sums * (card + indicator_sum_arity) * 3 * 8,
+              f"indicator sums: {indicator_sums} x {card} states")
+    terms.add(tabular * num_vars * width * (8 + 2 * itemsize + 1),
+              f"products of inputs: {tabular} products x {num_vars} variables x {width} states")
+    terms.add(padded * (8 + 1 + 3 * itemsize), f"sum and product layers: {padded} padded children")
+    terms.add(size * NODE_OVERHEAD + edges * EDGE_OVERHEAD, f"the structure: {size} nodes")
+    parameters = weights + counts["Bernoulli"] + categorical_rows * card + 2 * counts["Gaussian"]
+    return terms.estimate(parameters)
 
 
 def _config(header: dict[str, Any], names: tuple[str, ...]) -> dict[str, int] | None:

@@ -1,8 +1,9 @@
 """Saving and loading models without pickle.
 
 A model file is a zip archive holding ``model.json`` (format name, version, the model's ``kind``, its dtype and the
-arguments that rebuild its layout: for a compiled structure the compile options and the structure as a list of nodes
-in topological order, for a tensorised model its configuration) and one ``.npy`` array per parameter, read with
+arguments that rebuild its layout: for a compiled structure the compile options and the structure in the column form
+of :mod:`overspn.structure_columns` (versions 1 and 2: one object per node, :mod:`overspn.structure_json`), for a
+tensorised model its configuration) and one ``.npy`` array per parameter, read with
 ``allow_pickle=False``. Loading therefore never executes code from the file; anything unexpected raises
 :class:`ModelFileError`. Every model class of the engine registers its kind, so what loads back is a model of the
 same class, with the same behaviour (training, EM, queries).
@@ -35,6 +36,7 @@ from overspn.limits import (
     layout_estimate,
     load_limit,
 )
+from overspn.structure_columns import is_columns, read_columns
 from overspn.structure_json import (  # noqa: F401 (re-exported: the structure of a model file, read and written)
     BELOW_ONE,
     SMALLEST,
@@ -50,7 +52,7 @@ from overspn.structure_json import (  # noqa: F401 (re-exported: the structure o
 __all__ = ["save", "load", "read_header", "structure_to_dict", "structure_from_dict"]
 
 FORMAT = "overspn-model"
-VERSION = 2  # version 1: compiled structures only, without "kind"
+VERSION = 3  # 1: compiled structures only, without "kind"; 2: structures as one object per node
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -161,6 +163,8 @@ def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) 
     try:
         # budgets before allocation: the stored arrays' headers and the declared layout, read without building
         arrays, stored_bytes = check_arrays(archive)
+        if kind == "compiled" and is_columns(header["structure"]):  # read once, into arrays, for both steps below
+            header = {**header, "structure": read_columns(header["structure"])}
         _check_budget(kind, header, dtype, arrays, stored_bytes, limit)
         model = MODEL_KINDS[kind].from_file_config(header, dtype)
     except ModelFileError as error:
@@ -178,7 +182,7 @@ def _checked_header(path: Path, header: Any) -> tuple[dict[str, Any], str]:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise ModelFileError(f"{path}: not an overspn model file (format {found!r}, expected {FORMAT!r})")
     version = header.get("version")
-    if version not in (1, VERSION) or isinstance(version, bool):
+    if version not in (1, 2, VERSION) or isinstance(version, bool):
         newer = _is_int(version) and version > VERSION
         raise ModelFileError(f"{path}: model file version {version!r} is not supported (this overspn reads versions "
                              f"1 to {VERSION}{'; the file was written by a newer overspn' if newer else ''})")

@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
+def _node_count(structure: dict) -> int:
+    """The number of nodes of a compiled structure, in the column form (``types``: a letter per node) or the node
+    list of format versions 1 and 2."""
+    return len(structure["types"]) if "types" in structure else len(structure["nodes"])
+
+
 def handle(args: argparse.Namespace) -> int:
     header = read_header(args.model)
     description = {
@@ -31,7 +37,7 @@ def handle(args: argparse.Namespace) -> int:
         "floor": header.get("floor"),
         "num_vars": header.get("num_vars", (header.get("config") or {}).get("num_vars")),
         "num_parameters": header["num_parameters"],
-        "layout": header.get("config") or {"nodes": len(header.get("structure", {}).get("nodes", []))},
+        "layout": header.get("config") or {"nodes": _node_count(header["structure"])},
         "metadata": header["metadata"],
     }
     if args.json:

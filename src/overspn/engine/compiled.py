@@ -40,10 +40,11 @@ from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProduct
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
 from overspn.limits import check_compile_memory
+from overspn.structure_columns import is_columns, read_columns, to_columns, to_entries
 from overspn.symbolic.csr import edges_of
 from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
 from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum
-from overspn.symbolic.validation import flatten
+from overspn.symbolic.validation import check_flat, flatten
 
 __all__ = ["compile_structure", "compile", "CompiledSPN"]
 
@@ -312,8 +313,10 @@ class CompiledSPN(SPNModule):
 
     @torch.no_grad()
     def _structure_for_file(self) -> dict[str, Any]:
-        """``structure_for_file(self.to_structure())``, the same description, written from the arrays (one
-        dictionary per node, no nodes built)."""
+        """The structure with its current parameters in the column form of model files, written from the arrays
+        (no nodes built). Its leaf parameters only shape the model (the exact values are the stored tensors), so
+        values that rounded onto the edge of their range (p = 1 from a large logit, std = 0 from a very negative
+        log-std) are moved just inside it, where the structure validates."""
         from overspn.serialization import BELOW_ONE, SMALLEST
 
         flat = self._structure
@@ -332,47 +335,39 @@ class CompiledSPN(SPNModule):
                 edges, owner = edges_of(ptr, sums)
                 table = layer.weights.weights().double().cpu().numpy()
                 weights[edges] = table[col_of[sums][owner], edges - ptr[sums][owner]]
-        child, weight_list = flat.child.tolist(), weights.tolist()
-        starts, var, value, rows = ptr.tolist(), flat.var.tolist(), flat.value.tolist(), col_of.tolist()
-        entries: list[dict[str, Any]] = [{} for _ in range(n)]
-        for i, node_kind in enumerate(kind.tolist()):
-            if node_kind == SUM:
-                entries[i] = {"type": "Sum", "children": child[starts[i]: starts[i + 1]],
-                              "weights": weight_list[starts[i]: starts[i + 1]]}
-            elif node_kind == PRODUCT:
-                entries[i] = {"type": "Product", "children": child[starts[i]: starts[i + 1]]}
-            elif node_kind == INDICATOR:
-                entries[i] = {"type": "Indicator", "var": var[i], "value": value[i]}
+        p, mean, std = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        probs: list[np.ndarray] = []
         if self.discrete is not None and self.discrete.num_bernoulli:
-            p = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy().tolist()
-            for i in np.flatnonzero(kind == BERNOULLI).tolist():
-                entries[i] = {"type": "Bernoulli", "var": var[i],
-                              "p": min(max(p[rows[i] - self.discrete.num_indicators], SMALLEST), BELOW_ONE)}
+            rows = col_of[kind == BERNOULLI] - self.discrete.num_indicators
+            p[kind == BERNOULLI] = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy()[rows]
+            np.clip(p, SMALLEST, BELOW_ONE, out=p)
         if self.discrete is not None and self.discrete.num_categorical:
             log_table = self.discrete.table().double()
             for number, i in enumerate(np.flatnonzero(kind == CATEGORICAL).tolist()):
-                probs = torch.softmax(log_table[rows[i], : len(flat.probs[number])], dim=0).cpu().numpy()
-                probs = np.maximum(probs, SMALLEST)
-                entries[i] = {"type": "Categorical", "var": var[i], "probs": (probs / probs.sum()).tolist()}
+                values = torch.softmax(log_table[col_of[i], : len(flat.probs[number])], dim=0).cpu().numpy()
+                values = np.maximum(values, SMALLEST)
+                probs.append(values / values.sum())
         if self.gaussian is not None:
-            mean = self.gaussian.mean.double().cpu().numpy().tolist()
-            std = torch.exp(self.gaussian.log_std.double()).cpu().numpy().tolist()
-            for i in np.flatnonzero(kind == GAUSSIAN).tolist():
-                entries[i] = {"type": "Gaussian", "var": var[i], "mean": mean[rows[i]],
-                              "std": min(max(std[rows[i]], SMALLEST), sys.float_info.max)}
-        for i, name in enumerate(flat.names):
-            if name is not None:  # the name goes second, as structure_to_dict writes it
-                entry = entries[i]
-                entries[i] = {"type": entry.pop("type"), "name": name, **entry}
-        return {"nodes": entries}
+            rows = col_of[kind == GAUSSIAN]
+            mean[kind == GAUSSIAN] = self.gaussian.mean.double().cpu().numpy()[rows]
+            spread = np.exp(self.gaussian.log_std.double().cpu().numpy()[rows])
+            std[kind == GAUSSIAN] = np.clip(spread, SMALLEST, sys.float_info.max)
+        return to_columns(kind, ptr, flat.child, flat.var, flat.value, weights, p, mean, std, probs, flat.names)
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> CompiledSPN:
         from overspn.serialization import flat_structure_from_dict, structure_from_dict
 
         # a valid structure is read straight into arrays; anything else is rebuilt node by node, which names the problem
-        flat = flat_structure_from_dict(config["structure"])
-        structure = flat if flat is not None else structure_from_dict(config["structure"])
+        description = config["structure"]
+        if is_columns(description):
+            description = read_columns(description)
+        if isinstance(description, FlatStructure):  # the column form (the loader reads it first, for its estimate)
+            flat = description if check_flat(description, None) else None
+            description = to_entries(description) if flat is None else description
+        else:
+            flat = flat_structure_from_dict(description)
+        structure = flat if flat is not None else structure_from_dict(description)
         return cls(structure, config["weights"], floor=config["floor"], dtype=dtype, num_vars=config["num_vars"],
                    fast=config["fast"])
 
