@@ -1,8 +1,10 @@
-"""Hidden Chow-Liu trees: equality with the generic engine, exact normalisation, EM by hand, files, data."""
+"""Hidden Chow-Liu trees: equality with the generic engine, exact normalisation, EM by hand, softened data by
+enumeration, files, data."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 import overspn as osp
 from overspn.engine.compiled import compile_structure
 from overspn.engine.hclt import HCLT, HCLTConfig
+from overspn.engine.weights import actual_weights
 from overspn.errors import ConfigurationError, DataError
 from overspn.symbolic.structure import Sum
 
@@ -261,3 +264,105 @@ def test_em_step_on_encoded_data_ignores_the_partition_row() -> None:
     for a, b in zip(plain.parameters(), encoded.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     assert HCLTConfig(np.int64(3), seed=np.int64(2)).as_dict() == HCLTConfig(3, seed=2).as_dict()
+
+
+def _enumerated(model: HCLT, x: np.ndarray, softening: float) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """By enumeration of every latent state z and every clean value x' of the observed variables: the softened
+    log-likelihood of each row, log sum_{z, x'} p(z) prod_v p(x'_v | z_v) q(x'_v | x_v) (a missing variable's leaf
+    sums to 1), and the expected counts of the root, of every edge (by child variable) and of the leaves."""
+    parents, latent = model.config.parents, model.config.latent
+    num, card = model.num_vars, model.config.cardinality
+    with torch.no_grad():
+        leaf = torch.exp(model.leaf_log_table().double()).numpy()  # (D, C, K)
+    edge = actual_weights(model.edge_weights, model.parametrisation)  # (D-1, K, K) in breadth-first order
+    root = actual_weights(model.root_weights, model.parametrisation)
+    weight_of = {int(v): edge[p - 1] for p, v in enumerate(model.order) if p > 0}
+    top = parents.index(-1)
+    partition = sum(root[z[top]] * np.prod([weight_of[v][z[parents[v]], z[v]] for v in weight_of])
+                    for z in itertools.product(range(latent), repeat=num))
+    q = np.full((card, card), (1 - softening) / (card - 1))
+    np.fill_diagonal(q, softening)
+    llh, counts_root, counts_leaf = np.zeros(len(x)), np.zeros(latent), np.zeros_like(leaf)
+    counts_edge = {v: np.zeros((latent, latent)) for v in weight_of}
+    for n, row in enumerate(x):
+        observed = [v for v in range(num) if not np.isnan(row[v])]
+        joint = {}
+        for z in itertools.product(range(latent), repeat=num):
+            prior = root[z[top]] * np.prod([weight_of[v][z[parents[v]], z[v]] for v in weight_of])
+            for clean in itertools.product(range(card), repeat=len(observed)):
+                joint[z, clean] = prior * np.prod([leaf[v, c, z[v]] * q[c, int(row[v])]
+                                                   for v, c in zip(observed, clean)])
+        evidence = sum(joint.values())
+        llh[n] = np.log(evidence / partition)
+        for (z, clean), p in joint.items():
+            counts_root[z[top]] += p / evidence
+            for v in weight_of:
+                counts_edge[v][z[parents[v]], z[v]] += p / evidence
+            for v, c in zip(observed, clean):
+                counts_leaf[v, c, z[v]] += p / evidence
+    return llh, counts_root, counts_edge, counts_leaf
+
+
+@pytest.mark.parametrize(("leaf", "cardinality", "weights"),
+                         [("bernoulli", 2, "softmax"), ("bernoulli", 2, "raw"), ("categorical", 3, "log")])
+def test_softened_likelihood_is_the_enumerated_one(leaf: str, cardinality: int, weights: str) -> None:
+    model = _model(weights, leaf, cardinality, latent=2, parents=(1, -1, 1, 2), seed=9)
+    x = _data(cardinality, 10, 4, seed=10, missing=0.2)
+    x[0] = np.nan
+    with torch.no_grad():
+        for softening in (0.9, 0.6):
+            got = model.softened_log_likelihood(x, softening).numpy()
+            np.testing.assert_allclose(got, _enumerated(model, x, softening)[0], rtol=0, atol=1e-10)
+            encoded = model.softened_log_likelihood(model.encode(x, with_partition=False), softening)
+            np.testing.assert_allclose(encoded.numpy(), got, rtol=0, atol=1e-12)
+        assert abs(float(got[0])) < 1e-12  # a row with every value missing is not softened
+        assert torch.equal(model.softened_log_likelihood(x, 1), model.log_likelihood(x))
+        states = np.array(list(itertools.product(range(cardinality), repeat=4)), dtype=np.float64)
+        assert abs(float(torch.logsumexp(model.softened_log_likelihood(states, 0.8), 0))) < 1e-10  # normalised
+
+
+def test_softened_em_step_equals_em_by_enumeration() -> None:
+    step, pseudo, softening = 0.7, 0.1, 0.9
+    model = _model("softmax", "categorical", 3, latent=2, parents=(1, -1, 1), seed=5)
+    x = _data(3, 12, 3, seed=6, missing=0.2)
+    llh, counts_root, counts_edge, counts_leaf = _enumerated(model, x, softening)
+    with torch.no_grad():
+        leaf = torch.exp(model.leaf_log_table()).numpy()
+        root = torch.softmax(model.root_weights, 0).numpy()
+        edge = {int(v): torch.softmax(model.edge_weights[p - 1], -1).numpy() for p, v in enumerate(model.order[1:], 1)}
+
+    def mixed(old: np.ndarray, counts: np.ndarray, axis: int) -> np.ndarray:
+        counts = counts + pseudo
+        return (1 - step) * old + step * counts / counts.sum(axis=axis, keepdims=True)
+
+    assert model.em_step(x, step_size=step, pseudo_count=pseudo, softening=softening) == pytest.approx(
+        llh.mean(), abs=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.softmax(model.root_weights, 0).numpy(), mixed(root, counts_root, 0),
+                                   rtol=0, atol=1e-12)
+        for p, v in enumerate(model.order[1:], start=1):
+            np.testing.assert_allclose(torch.softmax(model.edge_weights[p - 1], -1).numpy(),
+                                       mixed(edge[int(v)], counts_edge[int(v)], 1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(torch.exp(model.leaf_log_table()).numpy(), mixed(leaf, counts_leaf, 1),
+                                   rtol=0, atol=1e-12)
+
+
+def test_softened_full_batch_em_never_decreases_the_softened_likelihood() -> None:
+    x = _data(2, 300, 6, seed=7, missing=0.1)
+    x[:, 3:] = np.where(np.isnan(x[:, 3:]), np.nan, x[:, :3])
+    model = HCLT.from_data(x, latent=4, dtype=torch.float64)
+    values = [model.em_step(x, step_size=1.0, pseudo_count=0.0, softening=0.95) for _ in range(6)]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(values, values[1:]))
+    with torch.no_grad():
+        before = float(model.softened_log_likelihood(x, 0.95).mean())
+    assert model.em_step(x, 1.0, 0.0, 0.95) == pytest.approx(before, abs=1e-10)  # the objective before the step
+
+
+@pytest.mark.parametrize("softening", [0.5, 0.2, 1.5, -1, math.nan, math.inf, "0.9", True, None])
+def test_bad_softening_is_named(softening: object) -> None:
+    model = _model("softmax")
+    x = _data(2, 4, 5, seed=0, missing=0)
+    with pytest.raises(ConfigurationError, match=r"softening must be a number in \(0\.5, 1\]"):
+        model.em_step(x, 0.5, softening=softening)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="softening"):
+        model.softened_log_likelihood(x, softening)  # type: ignore[arg-type]

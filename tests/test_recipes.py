@@ -48,9 +48,13 @@ def _chain_data(rows: int, num_vars: int, seed: int) -> np.ndarray:
 
 def test_specs_parse_with_defaults_and_write_back_in_full() -> None:
     hclt = parse_structure("hclt,latent=8")
-    assert hclt == Structure("hclt", {"latent": 8, "pseudocount": 0.01, "init": "data"})
-    assert hclt.spec == "hclt,latent=8,pseudocount=0.01,init=data" and parse_structure(hclt.spec) == hclt
-    assert parse_structure("HCLT, k=4, alpha=0.5").options == {"latent": 4, "pseudocount": 0.5, "init": "data"}
+    assert hclt == Structure("hclt", {"latent": 8, "pseudocount": 0.01, "init": "data", "softening": 1.0})
+    assert hclt.spec == "hclt,latent=8,pseudocount=0.01,init=data,softening=1" and parse_structure(hclt.spec) == hclt
+    assert parse_structure("HCLT, k=4, alpha=0.5").options == {"latent": 4, "pseudocount": 0.5, "init": "data",
+                                                               "softening": 1.0}
+    softened = parse_structure("hclt,softening=0.999")
+    assert softened.options["softening"] == 0.999 and parse_structure(softened.spec) == softened
+    assert softened.spec.endswith(",softening=0.999") and parse_structure("hclt,beta=0.99").options["softening"] == 0.99
     old = parse_structure("d=1,r=3,k=4,i=5")  # the RAT spec without its prefix
     assert old == Structure("rat", {"depth": 1, "num_repetitions": 3, "num_sums": 4, "num_input": 5})
     assert old.spec == "rat,depth=1,repetitions=3,sums=4,inputs=5" and parse_structure(old.spec) == old
@@ -66,6 +70,10 @@ def test_specs_parse_with_defaults_and_write_back_in_full() -> None:
     ("hclt,latent=four", ["latent", "integer", "'four'"]),
     ("hclt,pseudocount=-1", ["pseudocount", ">= 0"]),
     ("hclt,init=zeros", ["init", "'zeros'"]),
+    ("hclt,softening=0.5", ["--structure", "softening", "(0.5, 1]", "0.5"]),
+    ("hclt,softening=1.01", ["--structure", "softening", "(0.5, 1]", "1.01"]),
+    ("hclt,softening=nan", ["--structure", "softening", "(0.5, 1]", "nan"]),
+    ("hclt,softening=high", ["--structure", "softening", "a number", "'high'"]),
     ("rat,depth=2,reps=3", ["'reps'", "repetitions"]),
     ("depth=2,reps=3", ["'reps'", "repetitions"]),
     ("tree,latent=4", ["'tree'", "hclt", "rat"]),
@@ -133,10 +141,28 @@ def test_cli_trains_an_hclt_and_picks_it_by_default_for_binary_data(tmp_path: Pa
               "--quiet", "--threads", "1"]
     assert main(["train", *common, "--structure", "hclt,latent=4", "--epochs", "2", "--out", str(tmp_path / "a")]) == 0
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["structure"]["spec"] == "hclt,latent=4,pseudocount=0.01,init=data"
+    assert metrics["structure"]["spec"] == "hclt,latent=4,pseudocount=0.01,init=data,softening=1"
     assert metrics["epochs"] == 2 and metrics["settings"]["optimizer"] == "em"
     model = osp.load(tmp_path / "a" / "model.ospn")
     assert isinstance(model, HCLT)
     assert evaluate(model, np.loadtxt(paths["test"], delimiter=",")) == pytest.approx(metrics["test_llh"], abs=1e-4)
     assert main(["train", *common, "--epochs", "1", "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["structure"]["spec"].startswith("hclt,latent=32")
+
+
+def test_softening_trains_on_softened_rows_and_validates_on_the_rows_as_they_are() -> None:
+    data = _chain_data(600, 8, seed=4)
+    train, valid = data[:400], data[400:]
+    structure = parse_structure("hclt,latent=3,softening=0.9")
+    model, plain = build_model(structure, train), build_model(parse_structure("hclt,latent=3"), train)
+    history = train_model(model, train, valid, structure=structure, epochs=3, patience=None)
+    expected = build_model(structure, train)
+    with torch.no_grad():
+        first = float(expected.softened_log_likelihood(train, 0.9).mean())
+    assert expected.em_step(train, 1.0, pseudo_count=0.01, softening=0.9) == pytest.approx(first, abs=1e-6)
+    assert evaluate(expected, valid) == pytest.approx(history.entries[1]["valid_llh"], abs=1e-5)  # epoch 1: same step
+    assert history.entries[1]["train_llh"] == pytest.approx(evaluate(expected, train), abs=1e-5)  # recorded unsoftened
+    train_model(plain, train, valid, epochs=1)
+    assert evaluate(plain, valid) != pytest.approx(history.entries[1]["valid_llh"], abs=1e-4)  # softening acted
+    with pytest.raises(ConfigurationError, match="softening is an option of EM training"):
+        train_model(build_model(structure, train), train, valid, structure=structure, optimizer="adam", epochs=1)

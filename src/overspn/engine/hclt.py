@@ -28,6 +28,7 @@ from torch import nn
 from overspn.engine.base import SPNModule, layout_from_file
 from overspn.engine.encoding import EncodedData
 from overspn.engine.semiring import finite_max
+from overspn.engine.softening import checked_softening, softened_log_table
 from overspn.engine.weights import (
     DEFAULT_FLOOR,
     actual_weights,
@@ -215,6 +216,18 @@ class HCLT(SPNModule):
     def _evaluate(self, data: EncodedData, use_compact: bool = False) -> torch.Tensor:
         return self._root_values(data.codes)
 
+    def softened_log_likelihood(self, x: Any, softening: float) -> torch.Tensor:
+        """``(N,)`` log-likelihoods of the rows of ``x`` softened by ``softening`` (:mod:`overspn.engine.softening`):
+        every observed value kept with that probability; missing values are marginalised as in :meth:`log_likelihood`.
+        """
+        table = softened_log_table(self.leaf_log_table(), checked_softening(softening))
+        data = self._data_for(x)
+        values = self._root_values(data.codes, table)
+        rows = values[:-1] if data.with_partition else values
+        if self.normalised_by_construction:
+            return rows
+        return rows - (values[-1] if data.with_partition else self.log_partition())  # softening keeps log f(*)
+
     def _root_values(self, codes: torch.Tensor, table: torch.Tensor | None = None,
                      edge: tuple[torch.Tensor, torch.Tensor] | None = None,
                      root: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -243,14 +256,18 @@ class HCLT(SPNModule):
 
     # -- expectation-maximisation -------------------------------------------------------------------------------
 
-    def em_step(self, x: Any, step_size: float, pseudo_count: float = 1e-6) -> float:
+    def em_step(self, x: Any, step_size: float, pseudo_count: float = 1e-6, softening: float = 1.0) -> float:
         """One step of online EM on the batch ``x``; returns the batch's mean log-likelihood before the step.
 
         Expected counts come from autograd, as in :meth:`RatSPN.em_step`: for a sum weight, w times the gradient of
         the batch log-likelihood with respect to w; for a leaf probability p(x_d = c | z_d = k), the gradient with
         respect to its logarithm. The batch's maximum-likelihood parameters (counts plus ``pseudo_count``,
         normalised) are mixed into the current ones with weight ``step_size`` (1: full-batch EM).
+        ``softening`` < 1: EM on the softened rows (:mod:`overspn.engine.softening`), whose likelihood it returns;
+        each softened leaf is linear in the leaf probabilities, so the same gradients are the expected counts of the
+        clean values.
         """
+        softening = checked_softening(softening)
         if self.parametrisation != "softmax":
             raise ConfigurationError(f"EM keeps sum weights normalised: use weights='softmax', not "
                                      f"{self.parametrisation!r}")
@@ -268,7 +285,7 @@ class HCLT(SPNModule):
         total = 0.0
         for begin in range(0, len(codes), chunk):
             with torch.enable_grad():
-                llh = self._root_values(codes[begin:begin + chunk], table,
+                llh = self._root_values(codes[begin:begin + chunk], softened_log_table(table, softening),
                                         (edge.new_zeros(edge.shape[:-1] + (1,)), edge), (root.new_zeros(()), root))
                 total += float(llh.detach().double().sum())
                 if not math.isfinite(total):

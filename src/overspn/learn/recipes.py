@@ -1,12 +1,14 @@
 """Recipes: a structure spec, the model it builds from the training data, and the schedule that trains it.
 
-* :func:`parse_structure` reads ``"hclt,latent=32,pseudocount=0.1"`` or ``"rat,depth=1,repetitions=20,sums=10,
-  inputs=20"`` (the RAT spec may leave out ``rat,``); :attr:`Structure.spec` writes the full spec back.
+* :func:`parse_structure` reads ``"hclt,latent=32,pseudocount=0.1,softening=0.999"`` or
+  ``"rat,depth=1,repetitions=20,sums=10,inputs=20"`` (the RAT spec may leave out ``rat,``); :attr:`Structure.spec`
+  writes the full spec back.
 * :func:`default_structure`: a hidden Chow-Liu tree for discrete data, a RAT-SPN with Gaussian leaves otherwise.
 * :func:`build_model`: the model, initialised from the training data.
 * :func:`train_model`: an HCLT trained by EM follows :class:`EMSchedule` -- mini-batch EM with a step size that decays
-  from phase to phase, then full-batch EM (step size 1), pseudocounts throughout, every phase one call of
-  :func:`overspn.fit` with early stopping on the validation data; anything else is one call of :func:`overspn.fit`.
+  from phase to phase, then full-batch EM (step size 1), pseudocounts throughout and optionally on softened training
+  rows (:mod:`overspn.engine.softening`), every phase one call of :func:`overspn.fit` with early stopping on the
+  validation data (never softened); anything else is one call of :func:`overspn.fit`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from overspn.engine.base import SPNModule
 from overspn.engine.hclt import HCLT
 from overspn.engine.rat import RatConfig, RatSPN
+from overspn.engine.softening import checked_softening
 from overspn.errors import ConfigurationError
 from overspn.learn.fit import fit
 from overspn.learn.history import History
@@ -39,10 +42,11 @@ RAT_NAMES = {"depth": "depth", "num_repetitions": "repetitions", "num_sums": "su
 # variables for any default depth), one source for the API and the command line
 DEFAULT_RAT: dict[str, int] = {name: int(getattr(RatConfig(num_vars=2 ** 10), name)) for name in RAT_NAMES}
 HCLT_KEYS = {"latent": "latent", "k": "latent", "pseudocount": "pseudocount", "alpha": "pseudocount",
-             "init": "init"}
+             "init": "init", "softening": "softening", "beta": "softening"}
 # latent: states per hidden variable; pseudocount: Laplace smoothing of the Chow-Liu statistics, of the leaves'
-# initial clusters and of every EM step. Chosen on validation data (README, "Model quality").
-DEFAULT_HCLT: dict[str, Any] = {"latent": 32, "pseudocount": 0.01, "init": "data"}
+# initial clusters and of every EM step; softening: the probability EM's softened training rows keep on each observed
+# value (1: EM on the data as it is). Chosen on validation data (README, "Model quality").
+DEFAULT_HCLT: dict[str, Any] = {"latent": 32, "pseudocount": 0.01, "init": "data", "softening": 1.0}
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ def parse_rat_structure(text: str | None) -> dict[str, int]:
 
 
 def parse_structure(text: str | None, leaf: str = "bernoulli") -> Structure:
-    """A structure spec: ``hclt[,latent=K,pseudocount=A,init=data|random]`` or ``rat[,depth=..,repetitions=..,
-    sums=..,inputs=..]`` (the RAT keys alone are read as a RAT spec); empty: :func:`default_structure` of ``leaf``."""
+    """A structure spec: ``hclt[,latent=K,pseudocount=A,init=data|random,softening=B]`` or
+    ``rat[,depth=..,repetitions=..,sums=..,inputs=..]`` (the RAT keys alone are read as a RAT spec); empty:
+    :func:`default_structure` of ``leaf``."""
     if not text or not text.strip():
         return default_structure(leaf)
     head, _, rest = text.strip().partition(",")
@@ -112,6 +117,10 @@ def parse_structure(text: str | None, leaf: str = "bernoulli") -> Structure:
         raise ConfigurationError(f"--structure: pseudocount must be a finite number >= 0, got {options['pseudocount']}")
     if options["init"] not in ("data", "random"):
         raise ConfigurationError(f"--structure: init must be data or random, got {options['init']!r}")
+    try:
+        checked_softening(options["softening"])
+    except ConfigurationError as error:
+        raise ConfigurationError(f"--structure: {error}") from None
     return Structure("hclt", options)
 
 
@@ -147,7 +156,10 @@ def build_model(structure: Structure, train: np.ndarray, *, leaf: str = "bernoul
 @dataclass(frozen=True)
 class EMSchedule:
     """Mini-batch EM with the step sizes ``steps`` (one phase each, up to ``epochs`` epochs all together), then up
-    to ``full_epochs`` epochs of full-batch EM (step size 1). ``pseudocount`` is added to every expected count.
+    to ``full_epochs`` epochs of full-batch EM (step size 1). ``pseudocount`` is added to every expected count;
+    ``softening`` < 1: every EM step maximises the likelihood of the softened training rows (see
+    :mod:`overspn.engine.softening`), while validation, early stopping and the recorded log-likelihoods use the rows
+    as they are.
     The mini-batch phases have ``minibatch_share`` of the time budget (0: none at all) and full-batch EM the rest.
 
     The default is full-batch EM alone: from the clustered initialisation of :meth:`HCLT.initialise_from_data`,
@@ -163,12 +175,15 @@ class EMSchedule:
     patience: int | None = 10
     minibatch_share: float = 0.0
     time_budget: float | None = 600.0
+    softening: float = 1.0
 
 
 @contextlib.contextmanager
-def _em_pseudocount(model: SPNModule, pseudocount: float) -> Iterator[None]:
-    """``fit`` calls ``model.em_step(rows, step)``; within this block that step adds ``pseudocount`` to the counts."""
-    model.em_step = functools.partial(type(model).em_step, model, pseudo_count=pseudocount)  # type: ignore[method-assign]
+def _em_options(model: HCLT, pseudocount: float, softening: float) -> Iterator[None]:
+    """``fit`` calls ``model.em_step(rows, step)``; within this block that step adds ``pseudocount`` to the counts
+    and, with ``softening`` < 1, learns from the softened rows."""
+    model.em_step = functools.partial(type(model).em_step, model, pseudo_count=pseudocount,  # type: ignore[method-assign]
+                                      softening=softening)
     try:
         yield
     finally:
@@ -221,11 +236,16 @@ def train_model(model: SPNModule, train: Any, valid: Any = None, *, structure: S
     optimizer = optimizer if optimizer is not None else default_optimizer(Structure(kind))
     callbacks = list(callbacks)
     if not (kind == "hclt" and optimizer == "em"):
+        if structure is not None and structure.options.get("softening", 1) != 1:
+            raise ConfigurationError(f"softening is an option of EM training; the optimizer {optimizer!r} would "
+                                     "ignore it (leave it out, or train with em)")
         return fit(model, train, valid, optimizer=optimizer, lr=lr, batch_size=batch_size,
                    epochs=200 if epochs is None else epochs, patience=patience, lr_decay=lr_decay,
                    time_budget=time_budget, checkpoint=checkpoint, callbacks=callbacks, **fit_options)
-    schedule = schedule or EMSchedule(pseudocount=DEFAULT_HCLT["pseudocount"] if structure is None
-                                      else structure.options["pseudocount"])
+    if not isinstance(model, HCLT):
+        raise ConfigurationError(f"the EM schedule of an hclt structure trains an HCLT, got {type(model).__name__}")
+    options = DEFAULT_HCLT if structure is None else structure.options
+    schedule = schedule or EMSchedule(pseudocount=options["pseudocount"], softening=options["softening"])
     steps = None if lr is None else (lr, *(step for step in schedule.steps if step < lr))
     changes: dict[str, Any] = {
         "batch_size": batch_size, "epochs": epochs, "full_epochs": epochs, "patience": patience,
@@ -240,7 +260,7 @@ def train_model(model: SPNModule, train: Any, valid: Any = None, *, structure: S
               for i, step in enumerate(steps)] + [(1.0, None, schedule.full_epochs)]
     histories: list[History] = []
     used = 0.0
-    with _em_pseudocount(model, schedule.pseudocount):
+    with _em_options(model, schedule.pseudocount, schedule.softening):
         for index, (step, size, count) in enumerate(phases):
             left = len(steps) - index
             if budget is None:
