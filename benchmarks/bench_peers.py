@@ -27,7 +27,9 @@ each library gets ``--repeats`` timed steps after ``--warmup`` steps, or fewer (
 ratio peer / overspn (> 1: overspn faster). Two tables: parameters 10^4 -> 10^6 at batch 256 (sums = inputs grown)
 and batch size 64 -> 4096 at the base model (depth 3, 10 repetitions, 10 sums, 10 inputs).
 
-``--suite speed`` runs instead the speed suite, one table each, written to ``results/speed.json``: (1) the
+``--suite speed`` runs instead the speed suite, one table each, written to ``results/speed.json``: (0) the
+full-batch training step of the paper's NLTCS model on raw tensors (the Quickstart's loop) against the hand-fused
+torch model, float32 and float64, at ``--paper-threads`` threads (``bench_engine.paper_step``); (1) the
 paper's mixture of 1000 products over 1000 variables (3 million nodes): build, compile + first forward, save and
 load; (2) the Adam step of RAT-SPNs against cirkit at sums = inputs = 5, 12, 25 (1.1e4, 1.1e5, 9.6e5 parameters),
 interleaved as above; (3) the no-grad forward of random DAG SPNs of 10^2 .. 10^5 nodes (normalised weights,
@@ -57,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_engine import paper_step
 from provenance import source_revision
 
 from overspn.atomic import atomic_write_json
@@ -501,8 +504,8 @@ def speed_suite(args: argparse.Namespace) -> None:
     names, missing = available_runners()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     result: dict[str, Any] = {
-        "benchmark": "overspn speed suite: a 3-million-node mixture, RAT-SPN steps against cirkit, random DAGs "
-                     "against SPFlow",
+        "benchmark": "overspn speed suite: the paper's model on raw tensors against a hand-fused model, a "
+                     "3-million-node mixture, RAT-SPN steps against cirkit, random DAGs against SPFlow",
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()},
         "source": source_revision(), "versions": {"torch": torch.__version__}, "missing": missing,
@@ -512,6 +515,19 @@ def speed_suite(args: argparse.Namespace) -> None:
         from importlib.metadata import version
 
         result["versions"][name] = version("libcirkit" if name == "cirkit" else name)
+    # 0. the paper's model on raw tensors against the hand-fused model
+    result["paper_step_threads"] = args.paper_threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.paper_threads)
+    nltcs = load_dataset("nltcs").train
+    print(f"\n0. paper's NLTCS model, full-batch step, {args.paper_threads} thread(s): ms (ratio to hand-fused)")
+    for dtype in (torch.float32, torch.float64):
+        cell = paper_step(nltcs, dtype, args.paper_repeats, args.warmup)
+        result[f"paper_step_{str(dtype).removeprefix('torch.')}"] = cell
+        print(f"{str(dtype):14} hand-fused {cell['hand_fused']['median_ms']:.2f}; raw tensor "
+              f"{cell['raw']['median_ms']:.2f} ({cell['raw']['ratio_to_hand_fused']:.2f}x); encoded "
+              f"{cell['encoded']['median_ms']:.2f} ({cell['encoded']['ratio_to_hand_fused']:.2f}x)", flush=True)
+    torch.set_num_threads(threads)
     # 1. the mixture
     size = args.mixture
     mixture = mixture_cell(size[0], size[1], args.mixture_repeats, args.out.parent)
@@ -573,6 +589,8 @@ def main() -> None:
     parser.add_argument("--mixture", type=int, nargs=2, default=[1000, 1000], metavar=("VARS", "COMPONENTS"))
     parser.add_argument("--mixture-repeats", type=int, default=3)
     parser.add_argument("--dag-sizes", type=int, nargs="+", default=list(DAG_SIZES))
+    parser.add_argument("--paper-threads", type=int, default=2, help="speed: torch threads of the paper-model step")
+    parser.add_argument("--paper-repeats", type=int, default=200, help="speed: interleaved rounds of that step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.suite == "speed":
