@@ -70,6 +70,7 @@ def read_columns(description: dict[str, Any]) -> FlatStructure:
     count[inner] = arity
     ptr = np.zeros(n + 1, np.int64)
     np.cumsum(count, out=ptr[1:])
+    _values(description, "children", int(ptr[-1]))  # the counts are checked before they size anything
     parent = np.repeat(np.arange(n), count)
     child = _integers(description, "children", parent, kind, "a child")
     late = np.flatnonzero(child >= parent)
@@ -173,7 +174,7 @@ def _names(values: Any, n: int) -> list[str | None]:
     if not isinstance(values, dict):
         raise ModelFileError(f"the structure's 'names' must be an object, got {shorten(values)}")
     for key, name in values.items():
-        if not (key.isdigit() and int(key) < n) or not isinstance(name, str):
+        if not (key.isascii() and key.isdigit() and int(key) < n) or not isinstance(name, str):
             raise ModelFileError(f"the structure's 'names' holds {key!r}: {shorten(name)}; expected node numbers "
                                  f"below {n} with string names")
         names[int(key)] = name
