@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -305,3 +306,20 @@ def test_files_of_format_version_2_still_load(tmp_path: Path, saved: tuple[Path,
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     assert osp.structure_to_dict(loaded.to_structure()) == osp.structure_to_dict(model.to_structure())
+
+
+def test_column_form_in_another_topological_order_loads_the_same_model() -> None:
+    """A column description whose nodes are in some other topological order (children after unrelated nodes, an
+    unreachable leaf) reads into the structure the root describes, numbered as ``topological_order`` numbers it."""
+    from overspn.engine.compiled import CompiledSPN
+    from overspn.structure_columns import read_columns
+
+    columns = {"types": "IIIIPPIS", "arity": [2, 2, 2], "children": [1, 0, 2, 3, 4, 5], "weights": [0.3, 0.7],
+               "var": [0, 1, 0, 1, 7], "value": [0, 0, 1, 1, 1], "names": {"7": "root"}}
+    loaded = CompiledSPN(read_columns(columns), dtype=torch.float64, num_vars=2)
+    expected = osp.compile(osp.Sum([osp.Product([osp.Indicator(1, 0), osp.Indicator(0, 0)]),
+                                    osp.Product([osp.Indicator(0, 1), osp.Indicator(1, 1)])], [0.3, 0.7],
+                                   name="root"), dtype=torch.float64)
+    states = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [math.nan, 1.0]], dtype=torch.float64)
+    assert torch.equal(loaded.log_likelihood(states), expected.log_likelihood(states))
+    assert osp.structure_to_dict(loaded.to_structure()) == osp.structure_to_dict(expected.to_structure())

@@ -21,8 +21,9 @@ def edges_of(ptr: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def permute(ptr: np.ndarray, child: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR children renumbered so that node ``order[i]`` becomes node ``i``."""
-    rank = np.empty(len(order), np.int64)
+    """CSR children renumbered so that node ``order[i]`` becomes node ``i`` (``order`` may leave out nodes that no
+    kept node has as a child)."""
+    rank = np.full(len(ptr) - 1, -1, np.int64)
     rank[order] = np.arange(len(order))
     edges, _ = edges_of(ptr, order)
     count = ptr[order + 1] - ptr[order]
