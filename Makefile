@@ -32,8 +32,9 @@ test-fast: install lint
 reproduce: install
 	$(BIN)/overspn reproduce --protocol paper --out results/paper
 
-# Every number and figure the README quotes about the paper, into docs/results/ (long: about an hour of CPU at one
-# thread; every command resumes where it stopped, and finished runs are reused).
+# Every number and figure the README quotes about the paper, into docs/results/ (long, at one thread: about an hour
+# for the perturbation sweep, the Gaussian studies and the dynamics, then about 25 minutes for the log protocol and
+# the two optimizer comparisons; every command resumes where it stopped, and finished runs are reused).
 figures: install
 	$(BIN)/overspn reproduce --depth 1 --depth 3 --runs 60,20 --iterations 1200 --perturbation 1e-4,1e-8,1e-12,1e-15 \
 		--budget 500 --threads 1 --no-progress --out results/sweep
@@ -41,8 +42,12 @@ figures: install
 	$(BIN)/overspn reproduce --leaf gaussian --runs 10 --iterations 500 --threads 1 --no-progress \
 		--out results/gaussian-500
 	$(BIN)/overspn dynamics --dataset nltcs --branching 2,2,2 --out results/dynamics/nltcs-2x2x2
+	$(BIN)/overspn reproduce --protocol log --threads 1 --no-progress --out results/log
+	$(BIN)/overspn compare --protocol paper --threads 1 --out results/compare
+	$(BIN)/overspn compare --protocol log --threads 1 --out results/compare-log
 	$(BIN)/python -m overspn.studies.results --sweep results/sweep --gaussian results/gaussian \
-		--gaussian results/gaussian-500 --dynamics results/dynamics/nltcs-2x2x2 --out docs/results
+		--gaussian results/gaussian-500 --dynamics results/dynamics/nltcs-2x2x2 --log results/log \
+		--compare results/compare --compare results/compare-log --out docs/results
 
 bench: install
 	$(BIN)/python benchmarks/bench_engine.py --out benchmarks/results/engine.json
