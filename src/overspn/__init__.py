@@ -10,6 +10,7 @@ from overspn.engine.base import SPNModule
 from overspn.engine.compiled import CompiledSPN, compile, compile_structure
 from overspn.engine.encoding import EncodedData
 from overspn.engine.hclt import HCLT, HCLTConfig
+from overspn.engine.mixture import ModelMixture
 from overspn.engine.rat import RatConfig, RatSPN, rat_spn
 from overspn.errors import (
     ConfigurationError,
@@ -48,6 +49,7 @@ __all__ = [
     "CompiledSPN",
     "HCLT",
     "HCLTConfig",
+    "ModelMixture",
     "RatConfig",
     "RatSPN",
     "SPNModule",

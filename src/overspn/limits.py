@@ -381,7 +381,22 @@ def _hclt(header: dict[str, Any], itemsize: int) -> Estimate | None:
     return terms.estimate(parameters)
 
 
-_ESTIMATORS = {"compiled": _compiled, "rat": _rat, "hclt": _hclt}
+def _mixture(header: dict[str, Any], itemsize: int) -> Estimate | None:
+    """The sum of the components' estimates (None when one has none: the mixture's own checks reject it)."""
+    entries = header.get("components")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and e.get("kind") in ("hclt", "rat")
+                                                 for e in entries):
+        return None
+    found = [_ESTIMATORS[entry["kind"]](entry, itemsize) for entry in entries]
+    estimates = [estimate for estimate in found if estimate is not None]
+    if not estimates or len(estimates) < len(found):
+        return None
+    largest = max(estimates, key=lambda estimate: estimate.bytes)
+    return Estimate(sum(e.bytes for e in estimates), sum(e.parameters for e in estimates),
+                    f"{len(estimates)} components, the largest {largest.largest}")
+
+
+_ESTIMATORS = {"compiled": _compiled, "rat": _rat, "hclt": _hclt, "mixture": _mixture}
 
 
 def check_compile_memory(num_nodes: int, num_products: int, num_vars: int, cardinality: int, fast: bool) -> None:
