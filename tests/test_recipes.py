@@ -48,13 +48,16 @@ def _chain_data(rows: int, num_vars: int, seed: int) -> np.ndarray:
 
 def test_specs_parse_with_defaults_and_write_back_in_full() -> None:
     hclt = parse_structure("hclt,latent=8")
-    assert hclt == Structure("hclt", {"latent": 8, "pseudocount": 0.01, "init": "data", "softening": 1.0})
-    assert hclt.spec == "hclt,latent=8,pseudocount=0.01,init=data,softening=1" and parse_structure(hclt.spec) == hclt
+    assert hclt == Structure("hclt", {"latent": 8, "pseudocount": 0.01, "init": "data", "softening": 1.0,
+                                      "bags": 1})
+    assert hclt.spec == "hclt,latent=8,pseudocount=0.01,init=data,softening=1,bags=1"
+    assert parse_structure(hclt.spec) == hclt
     assert parse_structure("HCLT, k=4, alpha=0.5").options == {"latent": 4, "pseudocount": 0.5, "init": "data",
-                                                               "softening": 1.0}
+                                                               "softening": 1.0, "bags": 1}
     softened = parse_structure("hclt,softening=0.999")
     assert softened.options["softening"] == 0.999 and parse_structure(softened.spec) == softened
-    assert softened.spec.endswith(",softening=0.999") and parse_structure("hclt,beta=0.99").options["softening"] == 0.99
+    assert softened.spec.endswith(",softening=0.999,bags=1")
+    assert parse_structure("hclt,beta=0.99").options["softening"] == 0.99
     old = parse_structure("d=1,r=3,k=4,i=5")  # the RAT spec without its prefix
     assert old == Structure("rat", {"depth": 1, "num_repetitions": 3, "num_sums": 4, "num_input": 5})
     assert old.spec == "rat,depth=1,repetitions=3,sums=4,inputs=5" and parse_structure(old.spec) == old
@@ -74,6 +77,8 @@ def test_specs_parse_with_defaults_and_write_back_in_full() -> None:
     ("hclt,softening=1.01", ["--structure", "softening", "(0.5, 1]", "1.01"]),
     ("hclt,softening=nan", ["--structure", "softening", "(0.5, 1]", "nan"]),
     ("hclt,softening=high", ["--structure", "softening", "a number", "'high'"]),
+    ("hclt,bags=0", ["--structure", "bags", "1 to 4096", "0"]),
+    ("hclt,bags=2.5", ["bags", "integer", "'2.5'"]),
     ("rat,depth=2,reps=3", ["'reps'", "repetitions"]),
     ("depth=2,reps=3", ["'reps'", "repetitions"]),
     ("tree,latent=4", ["'tree'", "hclt", "rat"]),
@@ -141,7 +146,7 @@ def test_cli_trains_an_hclt_and_picks_it_by_default_for_binary_data(tmp_path: Pa
               "--quiet", "--threads", "1"]
     assert main(["train", *common, "--structure", "hclt,latent=4", "--epochs", "2", "--out", str(tmp_path / "a")]) == 0
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["structure"]["spec"] == "hclt,latent=4,pseudocount=0.01,init=data,softening=1"
+    assert metrics["structure"]["spec"] == "hclt,latent=4,pseudocount=0.01,init=data,softening=1,bags=1"
     assert metrics["epochs"] == 2 and metrics["settings"]["optimizer"] == "em"
     model = osp.load(tmp_path / "a" / "model.ospn")
     assert isinstance(model, HCLT)
@@ -166,3 +171,43 @@ def test_softening_trains_on_softened_rows_and_validates_on_the_rows_as_they_are
     assert evaluate(plain, valid) != pytest.approx(history.entries[1]["valid_llh"], abs=1e-4)  # softening acted
     with pytest.raises(ConfigurationError, match="softening is an option of EM training"):
         train_model(build_model(structure, train), train, valid, structure=structure, optimizer="adam", epochs=1)
+
+
+def test_bagging_builds_each_hclt_from_its_bootstrap_sample_and_trains_it_there() -> None:
+    data = _chain_data(500, 6, seed=5)
+    train, valid = data[:400], data[400:]
+    structure = parse_structure("hclt,latent=3,bags=3")
+    assert structure.options["bags"] == 3 and structure.spec.endswith(",bags=3")
+    mixture = build_model(structure, train, seed=7)
+    assert isinstance(mixture, osp.ModelMixture) and len(mixture.parts) == 3
+    rows = mixture.bootstrap_rows
+    assert rows is not None and all(len(sample) == 400 for sample in rows)
+    assert not np.array_equal(rows[0], rows[1])  # every component draws its own sample, the same for a seed
+    assert all(np.array_equal(a, b) for a, b in zip(rows, build_model(structure, train, seed=7).bootstrap_rows))
+    history = train_model(mixture, train, valid, structure=structure, epochs=2, patience=None)
+    assert history.epochs == 3 * 2
+    # component 1 is exactly the HCLT its sample gives, trained alone on that sample
+    alone = build_model(parse_structure("hclt,latent=3"), train[rows[1]], seed=7 + 1)
+    train_model(alone, train[rows[1]], valid, structure=parse_structure("hclt,latent=3"), epochs=2, patience=None)
+    assert alone.config == mixture.parts[1].config
+    for mine, theirs in zip(alone.parameters(), mixture.parts[1].parameters()):
+        assert torch.equal(mine, theirs)
+    with torch.no_grad():  # the mixture is the equal-weight average of its components
+        expected = torch.logsumexp(torch.stack([part.log_likelihood(valid) for part in mixture.parts]), 0) - np.log(3)
+        torch.testing.assert_close(mixture.log_likelihood(valid), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_trains_a_bagged_hclt(tmp_path: Path) -> None:
+    data = _chain_data(400, 5, seed=6)
+    paths = {}
+    for split, rows in (("train", data[:250]), ("valid", data[250:320]), ("test", data[320:])):
+        paths[split] = tmp_path / f"{split}.csv"
+        np.savetxt(paths[split], rows, delimiter=",", fmt="%d")
+    assert main(["train", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--test",
+                 str(paths["test"]), "--quiet", "--threads", "1", "--structure", "hclt,latent=3,bags=2", "--epochs",
+                 "2", "--out", str(tmp_path / "bagged")]) == 0
+    metrics = json.loads((tmp_path / "bagged" / "metrics.json").read_text())
+    assert metrics["structure"]["spec"].endswith(",bags=2") and len(metrics["structure"]["components"]) == 2
+    model = osp.load(tmp_path / "bagged" / "model.ospn")
+    assert isinstance(model, osp.ModelMixture)
+    assert evaluate(model, np.loadtxt(paths["test"], delimiter=",")) == pytest.approx(metrics["test_llh"], abs=1e-4)

@@ -29,6 +29,7 @@ from overspn.cli.options import (
     set_threads,
 )
 from overspn.data import BINARY_DATASETS, check_continuous, load_csv, load_dataset
+from overspn.engine.mixture import ModelMixture
 from overspn.engine.rat import LEAF_KINDS
 from overspn.errors import ConfigurationError, DataError, DivergenceError
 from overspn.learn.checkpoint import content_digest
@@ -163,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
                         weights=args.weights, dtype=dtype)
     splits = (train_data, valid_data, test_data)
     _check_splits(model, args, name, *splits)
-    layout = {"spec": structure.spec, **model.config.as_dict()}  # the full spec and the model's layout
+    layout = {"spec": structure.spec, **_layout(model)}  # the full spec and the model's layout
     out = Path(args.out) if args.out is not None else _default_out(args, name)
     out.mkdir(parents=True, exist_ok=True)
     first = not args.distributed or int(os.environ["RANK"]) == 0
@@ -172,6 +173,13 @@ def _run(args: argparse.Namespace) -> int:
     sweep_stale_temporaries(out)
     with output_lock(out, f"overspn train on {name}"):
         return _train(args, out, model, structure, settings, recipe, name, leaf, layout, splits)
+
+
+def _layout(model: Any) -> dict[str, Any]:
+    """The layout of a model as JSON: its configuration, or its components' ones for a mixture."""
+    if isinstance(model, ModelMixture):
+        return {"components": [_layout(component) for component in model.parts]}
+    return model.config.as_dict()
 
 
 def _check_splits(model: Any, args: argparse.Namespace, name: str, *splits: np.ndarray | None) -> None:
@@ -276,7 +284,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--leaf", choices=LEAF_KINDS,
                        help="input distributions (default: inferred; binary -> bernoulli, small integers -> "
                             "categorical, otherwise gaussian)")
-    model.add_argument("--structure", help="hclt[,latent=K,pseudocount=A] (hidden Chow-Liu tree) or rat[,depth=..,"
+    model.add_argument("--structure", help="hclt[,latent=K,pseudocount=A,softening=B,bags=M] (hidden Chow-Liu tree; "
+                                           "bags=M: a mixture of M trees, each learned from a bootstrap sample) or "
+                                           "rat[,depth=..,"
                                            "repetitions=..,sums=..,inputs=..] (RAT-SPN; 'rat,' may be left out); "
                                            "default: hclt,latent=32,pseudocount=0.01 for discrete data, "
                                            "rat,depth=1,repetitions=20,sums=10,inputs=20 for continuous data")

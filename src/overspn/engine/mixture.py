@@ -38,6 +38,8 @@ class ModelMixture(SPNModule):
     parametrisation, which the mixture shares."""
 
     kind = "mixture"
+    #: the rows of the training data each component learns from, when bagged (:mod:`overspn.learn.recipes`; not saved)
+    bootstrap_rows: list[np.ndarray] | None = None
 
     def __init__(self, components: Sequence[SPNModule], mixture_weights: Sequence[float] | np.ndarray | None = None):
         components = list(components)

@@ -1,14 +1,16 @@
 """Recipes: a structure spec, the model it builds from the training data, and the schedule that trains it.
 
-* :func:`parse_structure` reads ``"hclt,latent=32,pseudocount=0.1,softening=0.999"`` or
+* :func:`parse_structure` reads ``"hclt,latent=32,pseudocount=0.1,softening=0.999,bags=32"`` or
   ``"rat,depth=1,repetitions=20,sums=10,inputs=20"`` (the RAT spec may leave out ``rat,``); :attr:`Structure.spec`
   writes the full spec back.
 * :func:`default_structure`: a hidden Chow-Liu tree for discrete data, a RAT-SPN with Gaussian leaves otherwise.
-* :func:`build_model`: the model, initialised from the training data.
+* :func:`build_model`: the model, initialised from the training data; with ``bags=B`` > 1 a :class:`ModelMixture` of
+  ``B`` HCLTs, each learned from its own bootstrap sample of the training rows (bagging).
 * :func:`train_model`: an HCLT trained by EM follows :class:`EMSchedule` -- mini-batch EM with a step size that decays
   from phase to phase, then full-batch EM (step size 1), pseudocounts throughout and optionally on softened training
   rows (:mod:`overspn.engine.softening`), every phase one call of :func:`overspn.fit` with early stopping on the
-  validation data (never softened); anything else is one call of :func:`overspn.fit`.
+  validation data (never softened); the HCLTs of a bagged mixture one after another, each on its bootstrap sample
+  with its share of the time budget; anything else is one call of :func:`overspn.fit`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from overspn.engine.base import SPNModule
 from overspn.engine.hclt import HCLT
+from overspn.engine.mixture import MAX_COMPONENTS, ModelMixture
 from overspn.engine.rat import RatConfig, RatSPN
 from overspn.engine.softening import checked_softening
 from overspn.errors import ConfigurationError
@@ -42,11 +45,12 @@ RAT_NAMES = {"depth": "depth", "num_repetitions": "repetitions", "num_sums": "su
 # variables for any default depth), one source for the API and the command line
 DEFAULT_RAT: dict[str, int] = {name: int(getattr(RatConfig(num_vars=2 ** 10), name)) for name in RAT_NAMES}
 HCLT_KEYS = {"latent": "latent", "k": "latent", "pseudocount": "pseudocount", "alpha": "pseudocount",
-             "init": "init", "softening": "softening", "beta": "softening"}
+             "init": "init", "softening": "softening", "beta": "softening", "bags": "bags"}
 # latent: states per hidden variable; pseudocount: Laplace smoothing of the Chow-Liu statistics, of the leaves'
 # initial clusters and of every EM step; softening: the probability EM's softened training rows keep on each observed
-# value (1: EM on the data as it is). Chosen on validation data (README, "Model quality").
-DEFAULT_HCLT: dict[str, Any] = {"latent": 32, "pseudocount": 0.01, "init": "data", "softening": 1.0}
+# value (1: EM on the data as it is); bags: HCLTs in a mixture, each learned from a bootstrap sample (1: one HCLT on
+# the data). Chosen on validation data (README, "Model quality").
+DEFAULT_HCLT: dict[str, Any] = {"latent": 32, "pseudocount": 0.01, "init": "data", "softening": 1.0, "bags": 1}
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def parse_rat_structure(text: str | None) -> dict[str, int]:
 
 
 def parse_structure(text: str | None, leaf: str = "bernoulli") -> Structure:
-    """A structure spec: ``hclt[,latent=K,pseudocount=A,init=data|random,softening=B]`` or
+    """A structure spec: ``hclt[,latent=K,pseudocount=A,init=data|random,softening=B,bags=M]`` or
     ``rat[,depth=..,repetitions=..,sums=..,inputs=..]`` (the RAT keys alone are read as a RAT spec); empty:
     :func:`default_structure` of ``leaf``."""
     if not text or not text.strip():
@@ -107,12 +111,14 @@ def parse_structure(text: str | None, leaf: str = "bernoulli") -> Structure:
     options = dict(DEFAULT_HCLT)
     for key, name, value in _items(rest, HCLT_KEYS, "hclt"):
         try:
-            options[name] = value if name == "init" else int(value) if name == "latent" else float(value)
+            options[name] = value if name == "init" else int(value) if name in ("latent", "bags") else float(value)
         except ValueError:
-            kind_of = "an integer" if name == "latent" else "a number"
+            kind_of = "an integer" if name in ("latent", "bags") else "a number"
             raise ConfigurationError(f"--structure: {key} must be {kind_of}, got {value!r}") from None
     if options["latent"] < 1:
         raise ConfigurationError(f"--structure: latent must be >= 1, got {options['latent']}")
+    if not 1 <= options["bags"] <= MAX_COMPONENTS:
+        raise ConfigurationError(f"--structure: bags must be 1 to {MAX_COMPONENTS}, got {options['bags']}")
     if not options["pseudocount"] >= 0 or not np.isfinite(options["pseudocount"]):
         raise ConfigurationError(f"--structure: pseudocount must be a finite number >= 0, got {options['pseudocount']}")
     if options["init"] not in ("data", "random"):
@@ -131,22 +137,39 @@ def default_structure(leaf: str) -> Structure:
     return Structure("rat", dict(DEFAULT_RAT))
 
 
+def bootstrap_rows(count: int, bags: int, seed: int) -> list[np.ndarray]:
+    """``bags`` samples of ``count`` row numbers drawn with replacement, each from its own stream of ``seed``."""
+    return [np.random.default_rng([seed, number]).integers(0, count, count) for number in range(bags)]
+
+
 def default_optimizer(structure: Structure) -> str:
     """EM for hidden Chow-Liu trees (the schedule of :class:`EMSchedule`), Adam for RAT-SPNs."""
     return "em" if structure.kind == "hclt" else "adam"
 
 
 def build_model(structure: Structure, train: np.ndarray, *, leaf: str = "bernoulli", cardinality: int = 2,
-                seed: int = 0, weights: str = "softmax", dtype: torch.dtype = torch.float32) -> HCLT | RatSPN:
-    """The model of ``structure`` over the columns of ``train``, initialised from it."""
+                seed: int = 0, weights: str = "softmax", dtype: torch.dtype = torch.float32
+                ) -> HCLT | RatSPN | ModelMixture:
+    """The model of ``structure`` over the columns of ``train``, initialised from it. A bagged HCLT (``bags`` > 1)
+    is a :class:`ModelMixture` whose ``bootstrap_rows`` say which rows of ``train`` each component learns from
+    (:func:`train_model` trains it on them)."""
     if structure.kind == "hclt":
         if leaf == "gaussian":
             raise ConfigurationError("hclt needs discrete data (bernoulli or categorical leaves); use a rat "
                                      "structure for continuous data")
         options = structure.options
-        return HCLT.from_data(train, latent=options["latent"], pseudocount=options["pseudocount"], weights=weights,
-                              dtype=dtype, seed=seed, init=options["init"],
-                              cardinality=cardinality if leaf == "categorical" else 2)
+
+        def hclt(rows: Any, component_seed: int) -> HCLT:
+            return HCLT.from_data(rows, latent=options["latent"], pseudocount=options["pseudocount"],
+                                  weights=weights, dtype=dtype, seed=component_seed, init=options["init"],
+                                  cardinality=cardinality if leaf == "categorical" else 2)
+
+        if options.get("bags", 1) == 1:
+            return hclt(train, seed)
+        samples = bootstrap_rows(len(train), options["bags"], seed)
+        mixture = ModelMixture([hclt(train[rows], seed + number) for number, rows in enumerate(samples)])
+        mixture.bootstrap_rows = samples
+        return mixture
     config = RatConfig(num_vars=train.shape[1], leaf=leaf, cardinality=cardinality, seed=seed, **structure.options)
     model = RatSPN(config, weights, dtype=dtype)
     model.initialise_from_data(train, seed=seed)
@@ -224,14 +247,19 @@ def train_model(model: SPNModule, train: Any, valid: Any = None, *, structure: S
                 callbacks: Iterable[Any] = (), **fit_options: Any) -> History:
     """Train ``model`` through :func:`overspn.fit`; returns the (merged) :class:`History`.
 
-    An HCLT with ``optimizer`` "em" (its default) follows ``schedule`` (default :class:`EMSchedule`); ``lr``,
-    ``batch_size``, ``epochs`` (of each kind), ``patience`` and ``time_budget`` replace the schedule's ones (a
-    ``lr`` turns on the mini-batch phases with half the time if the schedule had none). Any other model or
-    optimizer: one :func:`overspn.fit` call with these settings.
+    A bagged mixture of :func:`build_model` trains its components one after another, each as below on its
+    bootstrap sample. An HCLT with ``optimizer`` "em" (its default) follows ``schedule`` (default
+    :class:`EMSchedule`); ``lr``, ``batch_size``, ``epochs`` (of each kind), ``patience`` and ``time_budget``
+    replace the schedule's ones (a ``lr`` turns on the mini-batch phases with half the time if the schedule had
+    none). Any other model or optimizer: one :func:`overspn.fit` call with these settings.
     ``checkpoint``: phase p > 0 of the schedule writes ``<stem>.phase<p><suffix>`` next to it, so an
     interrupted run resumes in the phase it was in. ``fit_options``: passed on (``test``, ``seed``, ``progress``,
     ``fingerprint``, ...).
     """
+    if isinstance(model, ModelMixture) and model.bootstrap_rows is not None:
+        return _train_bagged(model, train, valid, structure=structure, optimizer=optimizer, schedule=schedule, lr=lr,
+                             batch_size=batch_size, epochs=epochs, patience=patience, lr_decay=lr_decay,
+                             time_budget=time_budget, checkpoint=checkpoint, callbacks=callbacks, **fit_options)
     kind = structure.kind if structure is not None else "hclt" if isinstance(model, HCLT) else "rat"
     optimizer = optimizer if optimizer is not None else default_optimizer(Structure(kind))
     callbacks = list(callbacks)
@@ -276,4 +304,25 @@ def train_model(model: SPNModule, train: Any, valid: Any = None, *, structure: S
                           checkpoint=_phase_checkpoint(checkpoint, index), callbacks=callbacks, **fit_options)
             histories.append(history)
             used += history.seconds
+    return _merge(histories)
+
+
+def _train_bagged(model: ModelMixture, train: Any, valid: Any, *, time_budget: float | None,
+                  checkpoint: str | Path | None, **settings: Any) -> History:
+    """The components of a bagged model one after another, each on its bootstrap sample with an equal share of the
+    time that is left; component ``k`` keeps its checkpoint in ``<stem>.bag<k><suffix>``. Returns their histories
+    run on."""
+    samples = model.bootstrap_rows
+    assert samples is not None, "called for a bagged mixture"
+    budget = EMSchedule.time_budget if time_budget is None else time_budget
+    histories: list[History] = []
+    used = 0.0
+    for number, component in enumerate(model.parts):
+        rows = train[torch.as_tensor(samples[number]) if isinstance(train, torch.Tensor) else samples[number]]
+        share = None if budget is None else max(budget - used, 0.0) / (len(model.parts) - number)
+        path = None if checkpoint is None else Path(checkpoint).with_name(
+            f"{Path(checkpoint).stem}.bag{number}{Path(checkpoint).suffix}")
+        history = train_model(component, rows, valid, time_budget=share, checkpoint=path, **settings)
+        histories.append(history)
+        used += history.seconds
     return _merge(histories)
