@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from overspn.errors import ConfigurationError
 from overspn.studies.depth import protocol_study
 from overspn.studies.optimizer_comparison import summarise as summarise_comparison
 from overspn.studies.results import main, readme_tables
-from overspn.studies.results_protocols import ESCAPE_MARGIN, factorised_llh
+from overspn.studies.results_protocols import ESCAPE_MARGIN, factorised_llh, log_part
 
 TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 1]])
 # the factorised model of TRAIN: p(x1 = 1) = 1/2, p(x2 = 1) = 3/4
@@ -100,3 +101,11 @@ def test_log_and_comparison_summaries_reach_the_tables(tmp_path: Path) -> None:
     assert "| toy (−2.400) | gradient ascent | 1/2 | 2 ± 0 | 0.00 ± 0.00 | −2.400 ± 0.566 |" in tables["compare_paper"]
     assert "| toy (−2.400) | Adam | 2/2 | 1 ± 0 |" in tables["compare_log"]
     assert (out / "tables.md").read_text().count("## compare_") == 2
+
+
+def test_a_study_of_another_protocol_is_refused(tmp_path: Path) -> None:
+    write_log_study(tmp_path / "study", tmp_path / "data")
+    settings = json.loads((tmp_path / "study" / "study.json").read_text())
+    (tmp_path / "study" / "study.json").write_text(json.dumps({**settings, "protocol": "paper"}))
+    with pytest.raises(ConfigurationError, match="needs a log-protocol study"):
+        log_part(tmp_path / "study", tmp_path, tmp_path / "data")

@@ -63,8 +63,8 @@ def _escape_statistics(curves: np.ndarray, level: float) -> dict[str, Any]:
 
 
 def _reproduce_command(study: Study, folder: Path) -> str:
-    runs = (",".join(str(study.runs_for(d)) for d in study.depths) if len(set(map(study.runs_for, study.depths))) > 1
-            else str(study.runs))
+    counts = [study.runs_for(depth) for depth in study.depths]
+    runs = str(counts[0]) if len(set(counts)) == 1 else ",".join(map(str, counts))
     words = ["overspn reproduce", f"--protocol {study.protocol}", *(f"--dataset {n}" for n in study.datasets),
              *(f"--depth {d}" for d in study.depths), f"--runs {runs}", f"--iterations {study.iterations}"]
     default = DEPTH_PROTOCOLS[study.protocol].settings()
@@ -78,9 +78,9 @@ def log_part(folder: Path, out: Path, data_dir: Path | None = None) -> dict[str,
     and ``log_protocol_NAME.png`` from one log-protocol study folder; the data sets are read for the factorised
     model's log-likelihood."""
     study, results = load_results(folder)
-    if study.leaf != "indicator":
-        raise ConfigurationError(f"{folder}: the log-protocol summary is defined for indicator leaves, got "
-                                 f"{study.leaf!r}")
+    if study.protocol != "log" or study.leaf != "indicator":
+        raise ConfigurationError(f"{folder}: the log-protocol summary needs a log-protocol study with indicator "
+                                 f"leaves, got the {study.protocol} protocol with {study.leaf} leaves")
     summary = summarise(study, results)
     for name, entry in summary["datasets"].items():
         level = factorised_llh(load_study_data(name, data_dir, study.max_rows).train)
