@@ -88,6 +88,17 @@ def test_round_trip_and_queries(tmp_path: Path) -> None:
     assert not torch.isnan(completed).any() and torch.equal(completed[:, 0], evidence[:, 0])
 
 
+def test_info_describes_a_mixture_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overspn.cli.main import main
+
+    path = tmp_path / "mixture.ospn"
+    osp.save(osp.ModelMixture(components()), path)
+    assert main(["info", str(path), "--json"]) == 0
+    description = json.loads(capsys.readouterr().out)
+    assert description["kind"] == "mixture" and description["num_vars"] == 5
+    assert description["layout"]["components"] == 3 and description["num_parameters"] > 0
+
+
 def _rewritten(source: Path, target: Path, change: object) -> Path:
     with zipfile.ZipFile(source) as archive:
         content = {name: archive.read(name) for name in archive.namelist()}

@@ -20,10 +20,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
-def _node_count(structure: dict) -> int:
-    """The number of nodes of a compiled structure, in the column form (``types``: a letter per node) or the node
-    list of format versions 1 and 2."""
-    return len(structure["types"]) if "types" in structure else len(structure["nodes"])
+def _layout(header: dict) -> dict:
+    """What the model is built of: a tensorised model's configuration, a compiled structure's number of nodes (the
+    column form has a letter per node, versions 1 and 2 a list of nodes), or a mixture's components."""
+    if header.get("config"):
+        return header["config"]
+    if "components" in header:
+        components = header["components"]
+        return {"components": len(components), **{f"component {i} ({entry['kind']})": entry["config"]
+                                                  for i, entry in enumerate(components[:1])}}
+    structure = header["structure"]
+    return {"nodes": len(structure["types"]) if "types" in structure else len(structure["nodes"])}
+
+
+def _num_vars(header: dict) -> int:
+    if "num_vars" in header:
+        return header["num_vars"]
+    config = header.get("config") or header["components"][0]["config"]
+    return config["num_vars"]
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -35,9 +49,9 @@ def handle(args: argparse.Namespace) -> int:
         "dtype": header["dtype"],
         "weights": header.get("weights"),
         "floor": header.get("floor"),
-        "num_vars": header.get("num_vars", (header.get("config") or {}).get("num_vars")),
+        "num_vars": _num_vars(header),
         "num_parameters": header["num_parameters"],
-        "layout": header.get("config") or {"nodes": _node_count(header["structure"])},
+        "layout": _layout(header),
         "metadata": header["metadata"],
     }
     if args.json:
