@@ -2,8 +2,9 @@
 
 A model file is small, but the layout it declares decides how much memory the model takes: ten million variables,
 an indicator of state 10^8 or a ``.npy`` header declaring 10^12 values are a few bytes of JSON that would take
-gigabytes. :func:`layout_estimate` computes, from the parsed header alone, a generous estimate of the bytes that
-building and checking the declared model allocates (its largest term named), and :func:`check_arrays` reads the
+gigabytes. :func:`layout_estimate` computes, from the parsed header alone (a compiled structure read into arrays by
+:mod:`overspn.structure_columns`, which bounds every index), a generous estimate of the bytes that building and
+checking the declared model allocates (its largest term named), and :func:`check_arrays` reads the
 header of every stored ``.npy`` array without loading it and checks that the values it declares are present.
 
 The limit (:func:`load_limit`) is ``$OVERSPN_MEMORY_BUDGET`` when set; otherwise the smaller of
@@ -182,142 +183,51 @@ def layout_estimate(kind: str, header: dict[str, Any], itemsize: int) -> Estimat
 
 
 def _compiled(header: dict[str, Any], itemsize: int) -> Estimate | None:
-    structure = header.get("structure")
-    num_vars = _count(header.get("num_vars"), "num_vars")
-    if isinstance(structure, FlatStructure) and num_vars is not None:
-        return _compiled_flat(structure, num_vars, header.get("fast") is not False, itemsize)
-    entries = structure.get("nodes") if isinstance(structure, dict) else None
-    if not isinstance(entries, list) or num_vars is None:
+    """What compiling the structure allocates, grouping nodes as :mod:`overspn.engine.program` does (discrete
+    inputs, indicator sums, tabular products, layers by height and type), with numpy over all nodes and edges; the
+    loader has read the structure into arrays (None when it could not: the node-by-node reader then rejects it)."""
+    flat, num_vars = header.get("structure"), _count(header.get("num_vars"), "num_vars")
+    if not isinstance(flat, FlatStructure) or num_vars is None:
         return None
-    layout = _CompiledLayout(len(entries), num_vars, fast=header.get("fast") is not False)
-    for number, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            continue
-        kind = entry.get("type")
-        where = f"node {number} ({kind})"
-        if kind in layout.leaf_counts:
-            layout.add_leaf(number, entry, kind, where)
-        elif kind in ("Sum", "Product") and isinstance(entry.get("children"), list):
-            layout.add_inner(number, entry["children"], kind, where)
-    return layout.estimate(itemsize)
-
-
-class _CompiledLayout:
-    """What compiling a structure's nodes allocates, tallied node by node in file order (children come first),
-    grouping nodes as :mod:`overspn.engine.program` does: discrete inputs, indicator sums, tabular products and
-    layers by (height, type)."""
-
-    def __init__(self, size: int, num_vars: int, fast: bool):
-        self.size, self.num_vars, self.fast = size, num_vars, fast
-        self.card = 2
-        self.discrete = [False] * size
-        self.is_indicator = [False] * size
-        self.indicator_var: list[int | None] = [None] * size
-        self.height = [0] * size
-        self.groups: dict[tuple[int, str], list[int]] = {}  # (height, type) -> [count, max arity]
-        self.leaf_counts = {"Bernoulli": 0, "Categorical": 0, "Gaussian": 0, "Indicator": 0}
-        self.categorical_rows = self.indicator_sums = self.indicator_sum_arity = self.tabular = 0
-        self.weights = self.edges = 0
-
-    def add_leaf(self, number: int, entry: dict[str, Any], kind: str, where: str) -> None:
-        self.leaf_counts[kind] += 1
-        var = _count(entry.get("var"), "its variable", where)
-        if var is not None and var >= self.num_vars:
-            self.num_vars = var + 1  # the model refuses it; estimate as if it did not
-        if kind == "Indicator":
-            value = _count(entry.get("value"), "its value", where)
-            self.card = max(self.card, value + 1 if value is not None else 2)
-            self.discrete[number], self.is_indicator[number], self.indicator_var[number] = True, True, var
-        elif kind == "Bernoulli":
-            self.discrete[number] = True
-        elif kind == "Categorical":
-            probs = entry.get("probs")
-            self.card = max(self.card, len(probs) if isinstance(probs, list) else 2)
-            self.discrete[number] = True
-            self.categorical_rows += 1
-
-    def add_inner(self, number: int, children: list[Any], kind: str, where: str) -> None:
-        children = [c for c in children if _count(c, "a child", where) is not None and 0 <= c < number]
-        self.edges += len(children)
-        if not children:
-            return
-        if kind == "Sum":
-            self.weights += len(children)
-            if all(self.is_indicator[c] for c in children) and len({self.indicator_var[c] for c in children}) == 1:
-                self.discrete[number] = True
-                self.indicator_sums += 1
-                self.indicator_sum_arity = max(self.indicator_sum_arity, len(children))
-                return
-        elif self.fast and all(self.discrete[c] for c in children):
-            self.tabular += 1
-            return
-        self.height[number] = 1 + max(self.height[c] for c in children)
-        group = self.groups.setdefault((self.height[number], kind), [0, 0])
-        group[0] += 1
-        group[1] = max(group[1], len(children))
-
-    def estimate(self, itemsize: int) -> Estimate:
-        padded = sum(count * arity for count, arity in self.groups.values())
-        return _compiled_terms(self.num_vars, self.card, self.leaf_counts, self.categorical_rows, self.indicator_sums,
-                               self.indicator_sum_arity, self.tabular, padded, self.size, self.edges, self.weights,
-                               itemsize)
-
-
-def _compiled_flat(flat: FlatStructure, num_vars: int, fast: bool, itemsize: int) -> Estimate:
-    """:class:`_CompiledLayout`'s estimate for a structure read into arrays, with numpy over all nodes and edges."""
     kind, child, count, parent = flat.kind, flat.child, flat.count, flat.parent
     n = len(kind)
     leaves, indicators, sums = kind < SUM, kind == INDICATOR, kind == SUM
     if leaves.any():
-        num_vars = max(num_vars, int(flat.var[leaves].max()) + 1)
+        num_vars = max(num_vars, int(flat.var[leaves].max()) + 1)  # the model refuses it; estimate as if it did not
     card = max(2, int(flat.value[indicators].max(initial=1)) + 1, max(map(len, flat.probs), default=0))
     filled = np.flatnonzero(count > 0)
-    starts = flat.ptr[filled]
     # indicator sums: sums whose children are all indicators of one variable
     others = np.bincount(parent, ~indicators[child], minlength=n)
     lowest, highest = np.zeros(n, np.int64), np.zeros(n, np.int64)
     if len(filled):
-        lowest[filled] = np.minimum.reduceat(flat.var[child], starts)
-        highest[filled] = np.maximum.reduceat(flat.var[child], starts)
+        lowest[filled] = np.minimum.reduceat(flat.var[child], flat.ptr[filled])
+        highest[filled] = np.maximum.reduceat(flat.var[child], flat.ptr[filled])
     indicator_sums = sums & (count > 0) & (others == 0) & (lowest == highest)
     discrete = (leaves & (kind != GAUSSIAN)) | indicator_sums
     tabular = np.zeros(n, bool)
-    if fast:
+    if header.get("fast") is not False:
         tabular = (kind == PRODUCT) & (count > 0) & (np.bincount(parent, ~discrete[child], minlength=n) == 0)
     source = leaves | indicator_sums | tabular | (count == 0)
-    height = flat.levels(source)
     layered = np.flatnonzero(~source)
-    groups, group_of = np.unique(height[layered] * 2 + sums[layered], return_inverse=True)
+    groups, group_of = np.unique(flat.levels(source)[layered] * 2 + sums[layered], return_inverse=True)
     widest = np.zeros(len(groups), np.int64)
     np.maximum.at(widest, group_of, count[layered])
     padded = int((np.bincount(group_of, minlength=len(groups)) * widest).sum())
-    leaf_counts = {name: int((kind == code).sum()) for name, code in
-                   (("Bernoulli", BERNOULLI), ("Categorical", CATEGORICAL), ("Gaussian", GAUSSIAN),
-                    ("Indicator", INDICATOR))}
-    return _compiled_terms(num_vars, card, leaf_counts, leaf_counts["Categorical"], int(indicator_sums.sum()),
-                           int(count[indicator_sums].max(initial=0)), int(tabular.sum()), padded, n, len(child),
-                           int(count[sums].sum()), itemsize)
-
-
-def _compiled_terms(num_vars: int, card: int, counts: dict[str, int], categorical_rows: int, indicator_sums: int,
-                    indicator_sum_arity: int, tabular: int, padded: int, size: int, edges: int, weights: int,
-                    itemsize: int) -> Estimate:
-    """The bytes of a compiled layout from its tallies (``padded``: children of the sum and product layers, each
-    layer padded to its widest node)."""
-    width = card + 1
-    table_rows = counts["Indicator"] + counts["Bernoulli"] + counts["Categorical"] + indicator_sums
+    counts = {code: int((kind == code).sum()) for code in (INDICATOR, BERNOULLI, CATEGORICAL, GAUSSIAN)}
+    width, categorical, num_sums = card + 1, counts[CATEGORICAL], int(indicator_sums.sum())
+    table_rows = counts[INDICATOR] + counts[BERNOULLI] + categorical + num_sums
+    num_tabular = int(tabular.sum())
     terms = _Terms()
     terms.add(num_vars * (5 * 8 + width * itemsize), f"{num_vars} variables")
     terms.add(table_rows * width * (4 * 8), f"the input table: {table_rows} inputs x {width} states")
-    terms.add(categorical_rows * card * 3 * 8, f"categorical leaves: {categorical_rows} x {card} states")
-    terms.add(indicator_sums * (card + indicator_sum_arity) * 3 * 8,
-              f"indicator sums: {indicator_sums} x {card} states")
-    terms.add(tabular * num_vars * width * (8 + 2 * itemsize + 1),
-              f"products of inputs: {tabular} products x {num_vars} variables x {width} states")
+    terms.add(categorical * card * 3 * 8, f"categorical leaves: {categorical} x {card} states")
+    terms.add(num_sums * (card + int(count[indicator_sums].max(initial=0))) * 3 * 8,
+              f"indicator sums: {num_sums} x {card} states")
+    terms.add(num_tabular * num_vars * width * (8 + 2 * itemsize + 1),
+              f"products of inputs: {num_tabular} products x {num_vars} variables x {width} states")
     terms.add(padded * (8 + 1 + 3 * itemsize), f"sum and product layers: {padded} padded children")
-    terms.add(size * NODE_OVERHEAD + edges * EDGE_OVERHEAD, f"the structure: {size} nodes")
-    parameters = weights + counts["Bernoulli"] + categorical_rows * card + 2 * counts["Gaussian"]
-    return terms.estimate(parameters)
+    terms.add(n * NODE_OVERHEAD + len(child) * EDGE_OVERHEAD, f"the structure: {n} nodes")
+    return terms.estimate(int(count[sums].sum()) + counts[BERNOULLI] + categorical * card + 2 * counts[GAUSSIAN])
 
 
 def _config(header: dict[str, Any], names: tuple[str, ...]) -> dict[str, int] | None:

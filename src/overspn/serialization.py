@@ -36,11 +36,10 @@ from overspn.limits import (
     layout_estimate,
     load_limit,
 )
-from overspn.structure_columns import is_columns, read_columns
+from overspn.structure_columns import columns_from_entries, is_columns, read_columns
 from overspn.structure_json import (  # noqa: F401 (re-exported: the structure of a model file, read and written)
     BELOW_ONE,
     SMALLEST,
-    flat_structure_from_dict,
     in_float_range,
     is_number,
     shorten,
@@ -163,8 +162,11 @@ def _load_archive(path: Path, archive: zipfile.ZipFile, limit: tuple[int, str]) 
     try:
         # budgets before allocation: the stored arrays' headers and the declared layout, read without building
         arrays, stored_bytes = check_arrays(archive)
-        if kind == "compiled" and is_columns(header["structure"]):  # read once, into arrays, for both steps below
-            header = {**header, "structure": read_columns(header["structure"])}
+        if kind == "compiled":  # read once, into arrays, for both steps below (older files: when well-formed)
+            columns = header["structure"] if is_columns(header["structure"]) else columns_from_entries(
+                header["structure"])
+            if columns is not None:
+                header = {**header, "structure": read_columns(columns)}
         _check_budget(kind, header, dtype, arrays, stored_bytes, limit)
         model = MODEL_KINDS[kind].from_file_config(header, dtype)
     except ModelFileError as error:

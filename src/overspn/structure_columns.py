@@ -28,7 +28,7 @@ from overspn.structure_json import in_float_range, shorten
 from overspn.symbolic.csr import permute, postorder
 from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure, NodeFields
 
-__all__ = ["is_columns", "to_columns", "read_columns", "to_entries"]
+__all__ = ["is_columns", "to_columns", "read_columns", "columns_from_entries", "to_entries"]
 
 _LETTER = {INDICATOR: "I", BERNOULLI: "B", CATEGORICAL: "C", GAUSSIAN: "G", SUM: "S", PRODUCT: "P"}
 _NAMES = {INDICATOR: "Indicator", BERNOULLI: "Bernoulli", CATEGORICAL: "Categorical", GAUSSIAN: "Gaussian",
@@ -98,8 +98,25 @@ def read_columns(description: dict[str, Any]) -> FlatStructure:
     if order is None:  # pragma: no cover (children are earlier nodes: there is no cycle)
         raise ModelFileError("the structure has a cycle")
     if len(order) != n or not np.array_equal(order, np.arange(n)):
-        return _renumbered(kind, ptr, child, fields, order)
+        ptr, child = permute(ptr, child, order)
+        kind, fields = kind[order], reordered_fields(fields, kind, order)
     return FlatStructure.from_fields(kind, ptr, child, fields)
+
+
+def reordered_fields(fields: NodeFields, kind: np.ndarray, order: np.ndarray) -> NodeFields:
+    """``fields`` for the nodes ``order`` (a subset of the nodes, renumbered in that order)."""
+    own_parts = np.split(fields.own_weights, fields.weight_ptr[1:-1])
+    kept = order.tolist()
+    own = np.concatenate([own_parts[i] for i in kept]) if len(fields.own_weights) else fields.own_weights
+    weight_ptr = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(np.diff(fields.weight_ptr)[order], out=weight_ptr[1:])
+    is_categorical = (kind == CATEGORICAL).tolist()
+    categorical_number = np.cumsum(kind == CATEGORICAL) - 1
+    probs = [fields.probs[categorical_number[i]] for i in kept if is_categorical[i]]
+    names = [fields.names[i] for i in kept]
+    f = fields
+    return NodeFields(f.var[order], f.value[order], own, weight_ptr, f.p[order], f.mean[order], f.std[order], probs,
+                      names)
 
 
 def _kinds(types: Any) -> np.ndarray:
@@ -181,21 +198,40 @@ def _names(values: Any, n: int) -> list[str | None]:
     return names
 
 
-def _renumbered(kind: np.ndarray, ptr: np.ndarray, child: np.ndarray, fields: NodeFields,
-                order: np.ndarray) -> FlatStructure:
-    """The flat form of the nodes ``order`` (reachable from the root), renumbered in that order."""
-    new_ptr, new_child = permute(ptr, child, order)
-    f = fields
-    own_parts = np.split(f.own_weights, f.weight_ptr[1:-1])
-    own = np.concatenate([own_parts[i] for i in order.tolist()] or [np.zeros(0)])
-    weight_ptr = np.zeros(len(order) + 1, np.int64)
-    np.cumsum(np.diff(f.weight_ptr)[order], out=weight_ptr[1:])
-    categorical_number = np.cumsum(kind == CATEGORICAL) - 1
-    probs = [f.probs[categorical_number[i]] for i in order.tolist() if kind[i] == CATEGORICAL]
-    names = [f.names[i] for i in order.tolist()]
-    renumbered = NodeFields(f.var[order], f.value[order], own, weight_ptr, f.p[order], f.mean[order], f.std[order],
-                            probs, names)
-    return FlatStructure.from_fields(kind[order], new_ptr, new_child, renumbered)
+def columns_from_entries(description: Any) -> dict[str, Any] | None:
+    """The column form of a node-per-object description (format versions 1 and 2), so that both forms are read,
+    estimated and compiled the same way; None when an entry is not plainly well-formed (not an object of a known
+    type with the fields of its type, a sum with as many weights as children): the node-by-node reader of
+    :mod:`overspn.structure_json` then names the problem before anything is built."""
+    entries = description.get("nodes") if isinstance(description, dict) else None
+    if not isinstance(entries, list) or not entries:
+        return None
+    codes = {name: code for code, name in _NAMES.items()}
+    columns: dict[str, Any] = {key: [] for key in ("arity", "children", "weights", "var", "value", "p", "mean", "std",
+                                                   "probs")}
+    types, names = [], {}
+    for number, entry in enumerate(entries):
+        code = codes.get(str(entry.get("type"))) if isinstance(entry, dict) else None
+        if code is None or not isinstance(entry.get("name"), (str, type(None))):
+            return None
+        fields = {SUM: ("children", "weights"), PRODUCT: ("children",), INDICATOR: ("var", "value"),
+                  BERNOULLI: ("var", "p"), CATEGORICAL: ("var", "probs"), GAUSSIAN: ("var", "mean", "std")}[code]
+        if any(field not in entry for field in fields):
+            return None
+        if code >= SUM:
+            if not isinstance(entry["children"], list) or (code == SUM and not (
+                    isinstance(entry["weights"], list) and len(entry["weights"]) == len(entry["children"]))):
+                return None
+            columns["arity"].append(len(entry["children"]))
+        for field in fields:
+            if field in ("children", "weights"):
+                columns[field].extend(entry[field])
+            else:
+                columns[field].append(entry[field])
+        types.append(_LETTER[code])
+        if entry.get("name") is not None:
+            names[str(number)] = entry["name"]
+    return {"types": "".join(types), **columns, "names": names}
 
 
 def to_entries(flat: FlatStructure) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProduct
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
 from overspn.limits import check_compile_memory
-from overspn.structure_columns import is_columns, read_columns, to_columns, to_entries
+from overspn.structure_columns import columns_from_entries, is_columns, read_columns, to_columns, to_entries
 from overspn.symbolic.csr import edges_of
 from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
 from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum
@@ -356,17 +356,18 @@ class CompiledSPN(SPNModule):
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> CompiledSPN:
-        from overspn.serialization import flat_structure_from_dict, structure_from_dict
+        from overspn.serialization import structure_from_dict
 
-        # a valid structure is read straight into arrays; anything else is rebuilt node by node, which names the problem
+        # A valid structure is read straight into arrays (the loader reads it first, for its estimate; the node
+        # list of older files through its column form); anything else is rebuilt node by node, which names the
+        # problem.
         description = config["structure"]
-        if is_columns(description):
-            description = read_columns(description)
-        if isinstance(description, FlatStructure):  # the column form (the loader reads it first, for its estimate)
-            flat = description if check_flat(description, None) else None
-            description = to_entries(description) if flat is None else description
-        else:
-            flat = flat_structure_from_dict(description)
+        if not isinstance(description, FlatStructure):
+            columns = description if is_columns(description) else columns_from_entries(description)
+            description = description if columns is None else read_columns(columns)
+        flat = description if isinstance(description, FlatStructure) and check_flat(description, None) else None
+        if flat is None and isinstance(description, FlatStructure):
+            description = to_entries(description)
         structure = flat if flat is not None else structure_from_dict(description)
         return cls(structure, config["weights"], floor=config["floor"], dtype=dtype, num_vars=config["num_vars"],
                    fast=config["fast"])
