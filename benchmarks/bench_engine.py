@@ -10,8 +10,8 @@
    * ``encoded``: ``model.encode(x)`` computed once;
    * ``hand_fused``: the hand-written torch model of ``bench_paper_model.py`` (the baseline).
 
-   float32 and float64; all four are called in turn, in a rotating order, ``--repeats`` times after ``--warmup``
-   rounds in the same process; medians and the ratios to the hand-fused median are reported.
+   float32 and float64; all four are called in turn, in a fresh random order every round, ``--repeats`` times
+   after ``--warmup`` rounds in the same process; medians and the ratios to the hand-fused median are reported.
 
 2. Random DAGs over 10 binary variables (indicator-sum inputs; sums and products drawn at random from a pool per
    scope, so that every layer reads from many earlier layers), 10^2 .. 10^4 nodes (10^5 with ``--huge``): the
@@ -39,7 +39,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_paper_model import FLOOR, LEARNING_RATE, HandFused, interleaved_timings, paper_structure  # noqa: E402
+from bench_paper_model import FLOOR, LEARNING_RATE, HandFused, paper_structure  # noqa: E402
+from timing import interleaved_timings  # noqa: E402
 
 import overspn as osp  # noqa: E402
 from overspn.atomic import atomic_write_json  # noqa: E402

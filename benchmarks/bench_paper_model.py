@@ -9,11 +9,11 @@ training set (16,181 x 16), in float64 and float32, with torch's default number 
   their floor.
 
 The engine runs two ways: given the raw data array every call ("raw x") and given ``model.encode(x)`` computed once
-("encoded", as a training loop does). The baseline is the fastest plain torch written for this one model. Outputs
-of both (values and gradients) are checked equal before timing. All six measurements are called in turn, in a
-rotating order, ``--repeats`` times after ``--warmup`` rounds, so that they share the machine's background load;
-medians (and 10th/90th percentiles) are printed and written to ``benchmarks/results/paper_model.json`` with the
-ratios engine / hand-fused: the ratio of medians, and the median of the ratios within each round.
+("encoded", as a training loop does). The baseline is the fastest plain torch written for this one model. Outputs of
+both (values and gradients) are checked equal before timing. All six measurements are called in turn, in a fresh
+random order every round, ``--repeats`` times after ``--warmup`` rounds, so that they share the machine's background
+load; medians (and 10th/90th percentiles) are printed and written to ``benchmarks/results/paper_model.json`` with
+the ratios engine / hand-fused: the ratio of medians, and the median of the ratios within each round.
 
     python benchmarks/bench_paper_model.py [--repeats 200] [--warmup 20] [--out benchmarks/results/paper_model.json]
 """
@@ -24,16 +24,20 @@ import argparse
 import os
 import platform
 import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import overspn as osp
-from overspn.atomic import atomic_write_json
-from overspn.data import load_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import interleaved_timings  # noqa: E402
+
+import overspn as osp  # noqa: E402
+from overspn.atomic import atomic_write_json  # noqa: E402
+from overspn.data import load_dataset  # noqa: E402
 
 COMPONENTS = 8
 FLOOR = 1e-4
@@ -73,23 +77,6 @@ class HandFused(torch.nn.Module):
         with torch.no_grad():
             self.root_weights.clamp_(min=FLOOR)
             self.leaf_weights.clamp_(min=FLOOR)
-
-
-def interleaved_timings(functions: dict[str, Callable[[], object]], repeats: int, warmup: int
-                        ) -> dict[str, list[float]]:
-    """Wall times in ms of every function, called in turn (in a rotating order) ``repeats`` times after ``warmup``
-    rounds, so that all of them see the same background load of the machine."""
-    names = list(functions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_number in range(warmup + repeats):
-        shift = round_number % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            functions[name]()
-            elapsed = (time.perf_counter() - start) * 1e3
-            if round_number >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def summary(times: list[float]) -> dict[str, float]:

@@ -19,13 +19,13 @@ distribution -- every network is the fully factorised model, so all three must r
 ``sum_d log Bernoulli(x_d; p_d)`` on the batch; this compares the libraries at equal values without relying on
 their region graphs being the same random draw.
 
-A training step is: Adam's zero_grad, the negative mean log-likelihood of a random batch, backward, Adam step
-(lr 0.01). Steps of the libraries are interleaved round-robin, so a change in the machine's load hits all of them;
-each library gets ``--repeats`` timed steps after ``--warmup`` steps, or fewer (at least 3) when its steps exceed
-``--budget`` seconds for the cell. Reported per cell: median step time, 10th/90th percentiles, samples per second
-(batch / median step) and an epoch estimate (median step x steps per epoch of the plants training set), and the
-ratio peer / overspn (> 1: overspn faster). Two tables: parameters 10^4 -> 10^6 at batch 256 (sums = inputs grown)
-and batch size 64 -> 4096 at the base model (depth 3, 10 repetitions, 10 sums, 10 inputs).
+A training step is: Adam's zero_grad, the negative mean log-likelihood of a random batch, backward, Adam step (lr
+0.01). Steps of the libraries are interleaved, in a fresh random order every round, so a change in the machine's
+load hits all of them; each library gets ``--repeats`` timed steps after ``--warmup`` steps, or fewer (at least 3)
+when its steps exceed ``--budget`` seconds for the cell. Reported per cell: median step time, 10th/90th percentiles,
+samples per second (batch / median step) and an epoch estimate (median step x steps per epoch of the plants training
+set), and the ratio peer / overspn (> 1: overspn faster). Two tables: parameters 10^4 -> 10^6 at batch 256 (sums =
+inputs grown) and batch size 64 -> 4096 at the base model (depth 3, 10 repetitions, 10 sums, 10 inputs).
 
 ``--suite speed`` runs instead the speed suite, one table each, written to ``results/speed.json``: (0) the
 full-batch training step of the paper's NLTCS model on raw tensors (the Quickstart's loop) against the hand-fused
@@ -51,6 +51,7 @@ import functools
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ import numpy as np
 import torch
 from bench_engine import paper_step
 from provenance import source_revision
+from timing import interleaved_timings
 
 from overspn.atomic import atomic_write_json
 from overspn.data import load_dataset
@@ -282,11 +284,12 @@ def time_cell(shape: Shape, names: list[str], batch: int, data: torch.Tensor, re
             loss = runner.step(prepared[runner.name][index])
             if not math.isfinite(loss):
                 raise RuntimeError(f"{runner.name}: non-finite loss during warm-up")
+    order = random.Random(seed)
     for index in range(warmup, warmup + repeats):
         active = [r for r in runners if len(times[r.name]) < 3 or spent[r.name] < budget]
         if not active:
             break
-        for runner in active:
+        for runner in order.sample(active, len(active)):
             start = time.perf_counter()
             runner.step(prepared[runner.name][index])
             elapsed = time.perf_counter() - start
@@ -429,33 +432,11 @@ def dag_cell(target: int, repeats: int, warmup: int, budget: float, with_spflow:
             raise RuntimeError(f"SPFlow and overspn differ by {error} on a DAG of {nodes} nodes")
         cell["max_abs_difference"] = error
         functions["spflow"] = theirs
-    times = interleaved(functions, repeats, warmup, budget)
-    cell["results"] = {name: {"median_ms": 1e3 * statistics.median(v), "runs": len(v)} for name, v in times.items()}
+    times = interleaved_timings(functions, repeats, warmup, budget)
+    cell["results"] = {name: {"median_ms": statistics.median(v), "runs": len(v)} for name, v in times.items()}
     if with_spflow:
         cell["spflow_over_overspn"] = cell["results"]["spflow"]["median_ms"] / cell["results"]["overspn"]["median_ms"]
     return cell
-
-
-def interleaved(functions: dict[str, Any], repeats: int, warmup: int, budget: float) -> dict[str, list[float]]:
-    """Seconds per call of every function, called in turn (rotating order) after ``warmup`` rounds; stops early
-    (after at least 3 rounds) once the rounds have taken ``budget`` seconds."""
-    names = list(functions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(warmup):
-        for name in names:
-            functions[name]()
-    spent = 0.0
-    for round_number in range(repeats):
-        shift = round_number % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            functions[name]()
-            elapsed = time.perf_counter() - start
-            times[name].append(elapsed)
-            spent += elapsed
-        if round_number >= 2 and spent > budget:
-            break
-    return times
 
 
 def mixture_cell(num_vars: int, components: int, repeats: int, out_dir: Path) -> dict[str, Any]:

@@ -7,7 +7,9 @@ products) over up to 8 binary or categorical variables, in every weight parametr
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -284,6 +286,28 @@ def test_compact_one_hot_path_matches_the_generic_path(weights: str) -> None:
             without_partition = fast.encode(data, with_partition=False)
             np.testing.assert_allclose(values(fast.log_unnormalised(without_partition)),
                                        values(generic.log_unnormalised(data)), rtol=1e-12, atol=1e-12)
+
+
+def test_compact_gather_indices_follow_their_encoding_through_copies_and_dtype_changes() -> None:
+    """The compact product keeps the gather index of its last two encodings: a third encoding, a deep copy, a pickle
+    and a change of dtype all give the values of a fresh model."""
+    rng = np.random.default_rng(5)
+    root = osp.mixture(num_vars=6, num_components=4, seed=3)
+    model = osp.compile(root, "raw", dtype=torch.float32)
+    batches = [rng.integers(0, 2, size=(rows, 6)).astype(np.float64) for rows in (20, 7, 33)]
+    batches[1][:, 2] = 1.0  # fewer kept columns than the other batches
+    encodings = [model.encode(batch) for batch in batches]
+    expected = [osp.compile(root, "raw", dtype=torch.float32).log_likelihood(batch) for batch in batches]
+    for _ in range(2):
+        for encoded, value in zip(encodings, expected):
+            torch.testing.assert_close(model.log_likelihood(encoded), value, rtol=0, atol=0)
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        torch.testing.assert_close(other.log_likelihood(batches[0]), expected[0], rtol=0, atol=0)
+    model.double()
+    fresh = osp.compile(root, "raw", dtype=torch.float64)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model.log_likelihood(model.encode(batches[2])), fresh.log_likelihood(batches[2]),
+                               rtol=0, atol=0)
 
 
 def test_compact_one_hot_reproduces_the_matrix_product() -> None:

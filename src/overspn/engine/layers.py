@@ -8,6 +8,7 @@ weight 0 to a sum.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -169,10 +170,38 @@ class TabularProductLayer(nn.Module):
         missing = np.arange(num_vars) * width + cardinality
         self.register_buffer("missing_columns", torch.from_numpy(missing), persistent=False)
         self.generic = generic
+        self._compact_indices: list[tuple[weakref.ref, torch.Tensor]] = []
 
     def matrix(self, table: torch.Tensor) -> torch.Tensor:
         """W ``(D (C+1), P)``, a column-major view."""
         return self._flat_table(table)[self.source].T
+
+    def _compact_index(self, compact: CompactOneHot) -> torch.Tensor:
+        """``(P, 2 K + 2 D)`` positions in the flat table of what the compact product of ``compact`` reads;
+        computed once per compact encoding (the last two are kept)."""
+        for reference, index in self._compact_indices:
+            if reference() is compact:
+                return index
+        source = self.source
+        index = torch.cat([source[:, compact.columns], source[:, compact.column_references],
+                           source[:, compact.references], source[:, self.missing_columns]], dim=1)
+        self._compact_indices = [(weakref.ref(compact), index)] + [
+            entry for entry in self._compact_indices[:1] if entry[0]() is not None]
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles do not carry indices for the encodings of past inputs (nor their weak references)
+        state = dict(super().__getstate__())
+        state["_compact_indices"] = []
+        return state
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        self._compact_indices = []  # indices on the old device
+        return super()._apply(*args, **kwargs)
+
+    def _compact_sizes(self, compact: CompactOneHot) -> list[int]:
+        kept, num_vars = len(compact.columns), self.num_vars
+        return [kept, kept, num_vars, num_vars]
 
     @staticmethod
     def _flat_table(table: torch.Tensor) -> torch.Tensor:
@@ -183,15 +212,16 @@ class TabularProductLayer(nn.Module):
         """``(N, P)`` log-products; with ``compact`` (the data rows, without the partition row when there is one)
         the narrower matrix product is used whenever the table is finite on the columns it keeps."""
         if compact is not None:
-            flat = self._flat_table(table)
-            kept, reference = flat[self.source[:, compact.columns]], flat[self.source[:, compact.references]]
-            # one check (and, on an accelerator, one synchronisation) for both: the entries are finite or -inf
-            if bool(torch.isfinite(kept.sum() + reference.sum())):
-                weights = kept - flat[self.source[:, compact.column_references]]  # (P, K)
-                product = torch.addmm(reference.sum(1), compact.values, weights.T)
+            # every table entry the compact product reads, in one gather: kept columns, their references, every
+            # variable's reference and (for the partition row) every variable's marginal
+            entries = self._flat_table(table)[self._compact_index(compact)]
+            kept, kept_references, references, marginals = entries.split(self._compact_sizes(compact), dim=1)
+            # one check (and, on an accelerator, one synchronisation): the entries are finite or -inf
+            if bool(torch.isfinite(entries.sum())):
+                product = torch.addmm(references.sum(1), compact.values, (kept - kept_references).T)
                 if not partition_row:
                     return product
-                return torch.cat([product, flat[self.source[:, self.missing_columns]].sum(1).unsqueeze(0)])
+                return torch.cat([product, marginals.sum(1).unsqueeze(0)])
         matrix = self.matrix(table)
         impossible = torch.isinf(matrix)
         if not bool(impossible.any()):

@@ -32,10 +32,11 @@ class _LogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         scores, result = ctx.saved_tensors
-        result = result.unsqueeze(ctx.dim)
         # a row that is entirely -inf has result -inf; shifting it by 0 instead gives exp(-inf) = 0, not NaN
-        shift = torch.where(result > -math.inf, result, torch.zeros_like(result))
-        return grad.unsqueeze(ctx.dim) * torch.exp(scores - shift), None
+        shift = result.nan_to_num(nan=math.nan, posinf=math.inf, neginf=0.0).unsqueeze(ctx.dim)
+        if torch.is_grad_enabled():  # the graph of this gradient is being recorded: no in-place operations
+            return grad.unsqueeze(ctx.dim) * torch.exp(scores - shift), None
+        return torch.sub(scores, shift).exp_().mul_(grad.unsqueeze(ctx.dim)), None
 
 
 def logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
@@ -44,9 +45,9 @@ def logsumexp(scores: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def log_or_minus_inf(values: torch.Tensor) -> torch.Tensor:
-    """log of non-negative ``values`` whose gradient is 0, not 0 / 0 = NaN, where a value is 0 (log = -inf)."""
-    positive = values > 0
-    return torch.where(positive, torch.log(torch.where(positive, values, torch.ones_like(values))), -math.inf)
+    """log of ``values``, -inf where a value is <= 0, with gradient 0 there (not 1 / 0): relu's gradient is
+    selected, not multiplied, so it also discards the infinite gradient of log at 0."""
+    return torch.log(torch.relu(values))
 
 
 def finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
