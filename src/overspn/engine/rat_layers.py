@@ -7,6 +7,7 @@ a matrix product; :class:`overspn.engine.rat.RatSPN` chains these layers (see :m
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -16,14 +17,41 @@ from overspn.engine.semiring import finite_max, logsumexp
 __all__ = ["einsum_layer", "root_layer"]
 
 
+class _Scratch(threading.local):
+    """Reusable CPU tensors for the largest temporary of a backward pass (one per shape, the last few shapes).
+
+    A fresh allocation of tens of megabytes is returned to the operating system when freed, so every step would
+    fault its pages in again: on the widest layers that costs as much as the arithmetic. Each thread has its own.
+    """
+
+    capacity = 4
+
+    def __init__(self) -> None:
+        self.tensors: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (shape, like.dtype)
+        tensor = self.tensors.pop(key, None)
+        if tensor is None:
+            tensor = like.new_empty(shape)
+        self.tensors[key] = tensor  # the most recently used last
+        while len(self.tensors) > self.capacity:
+            del self.tensors[next(iter(self.tensors))]
+        return tensor
+
+
+_SCRATCH = _Scratch()
+
+
 class _Bilinear(torch.autograd.Function):
     """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``.
 
     Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
     product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
-    outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
-    of ``right`` and ``w``, and one matrix-vector product with the saved intermediate for ``left`` (autograd through
-    the elementwise form makes three more passes over tensors of that size)."""
+    outer product of the incoming gradient with ``left`` (into a reused buffer on the CPU), read by the two matrix
+    products that give the gradients of ``right`` and ``w``, and one matrix-vector product with the saved
+    intermediate for ``left`` (autograd through the elementwise form makes three more passes over tensors of that
+    size)."""
 
     @staticmethod
     def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -39,9 +67,15 @@ class _Bilinear(torch.autograd.Function):
         left, right, weights, partial = ctx.saved_tensors
         blocks, rows, channels = left.shape
         outputs = weights.shape[1]
-        outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
+        if grad.device.type == "cpu" and not torch.is_grad_enabled():  # (out= records no graph)
+            outer = torch.mul(grad.unsqueeze(3), left.unsqueeze(2),
+                              out=_SCRATCH.empty((blocks, rows, outputs, channels), grad))
+        else:
+            outer = grad.unsqueeze(3) * left.unsqueeze(2)
+        outer = outer.view(blocks, rows, outputs * channels)
         grad_right = torch.bmm(outer, weights.reshape(blocks, outputs * channels, channels))
-        grad_weights = torch.bmm(outer.transpose(1, 2), right).view(weights.shape)
+        # (right^T outer)^T: the matrix product in this orientation is markedly faster than outer^T right
+        grad_weights = torch.bmm(right.transpose(1, 2), outer).transpose(1, 2).reshape(weights.shape)
         grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
                               partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
         return grad_left, grad_right, grad_weights
