@@ -196,3 +196,29 @@ def test_the_floor_survives_deepcopy_and_state_dict_round_trips(kind: str) -> No
         weights = [p for p, _ in candidate.raw_weight_floors()]
         assert weights and all(bool((p >= 1e-3).all()) for p in weights)
         assert any(bool((p == 1e-3).any()) for p in weights)  # the projection did act
+
+
+@pytest.mark.parametrize("weights", ["raw", "log", "softmax"])
+def test_log_totals_are_the_log_sum_exp_of_the_log_weights_with_finite_gradients(weights: str) -> None:
+    """Each parametrisation's shortcut for log sum_k w_k (raw: the weights added; softmax: 0) against log-sum-exp,
+    with padding (sums of different arity) and, for raw weights, a weight of exactly 0 and a sum of only zeros."""
+    from overspn.engine.weights import SumWeights
+
+    values = [np.array([0.5, 2.0, 1e-3]), np.array([3.0, 0.0]), np.array([0.0, 0.0]), np.array([1e-30])]
+    if weights != "raw":
+        values = [np.where(v > 0, v, 0.25) for v in values]
+    module = SumWeights(values, weights, torch.float64)
+    totals = module.log_totals()
+    expected = torch.logsumexp(module.log_weights(), dim=1)
+    torch.testing.assert_close(totals, expected, rtol=1e-15, atol=0)
+    finite = torch.isfinite(totals)
+    if weights == "softmax":  # normalised: the totals are the constant 1
+        assert not totals.requires_grad and bool((totals == 0).all())
+        return
+    (gradient,) = torch.autograd.grad(totals[finite].sum(), module.param)
+    assert bool(torch.isfinite(gradient).all())
+    if weights == "raw":
+        assert totals[2].item() == -math.inf
+        assert gradient[4].item() == 0.0  # a zero weight: gradient 0, not 0 * 1 / 0 = NaN
+        assert gradient[3].item() == pytest.approx(1 / 3.0)
+        assert gradient[0].item() == pytest.approx(1 / 2.501)

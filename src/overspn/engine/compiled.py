@@ -141,6 +141,8 @@ class CompiledSPN(SPNModule):
         in_tabular[tabular] = True
         self.layers.extend(program.inner_layers(flat, np.flatnonzero(inner & ~in_tabular), height, placement,
                                                 self.parametrisation, dtype))
+        # the weight modules never change after the build; projecting raw weights after every step reads them
+        self._sum_weights = tuple(module for module in self.modules() if isinstance(module, SumWeights))
         self._root_position = placement.position(len(flat) - 1)
         self._set_flat_layout(placement.widths)
         # whether the fast path needs the per-sample discrete input values besides the tabular products
@@ -296,7 +298,7 @@ class CompiledSPN(SPNModule):
     # -- parameters, queries, files -------------------------------------------------------------------------------
 
     def sum_weight_parameters(self) -> list[nn.Parameter]:
-        return [module.param for module in self.modules() if isinstance(module, SumWeights)]
+        return [module.param for module in self._sum_weights]
 
     def mpe(self, x: Any) -> torch.Tensor:
         return queries.mpe(self, x)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine.semiring import gaussian_log_density, log_or_minus_inf, logsumexp
+from overspn.engine.semiring import gaussian_log_density, log_or_minus_inf
 from overspn.engine.weights import SumWeights, to_parameter
 
 __all__ = ["DiscreteInputs", "GaussianInputs"]
@@ -112,7 +112,8 @@ class DiscreteInputs(nn.Module):
             flat = log_w.reshape(-1)
             if not self.indicator_sums_cover_all_states:
                 flat = torch.cat([flat, flat.new_full((1,), -math.inf)])
-            return torch.cat([flat[self.indicator_sum_states], logsumexp(log_w, dim=1).unsqueeze(1)], dim=1)
+            marginal = self.indicator_sum_weights.log_totals(log_w)
+            return torch.cat([flat[self.indicator_sum_states], marginal.unsqueeze(1)], dim=1)
         shift = log_w.amax(dim=1, keepdim=True).detach()
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         scaled = torch.exp(log_w - shift)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from overspn.engine.semiring import finite_max, log_or_minus_inf
+from overspn.engine.semiring import finite_max, log_or_minus_inf, logsumexp
 from overspn.errors import ConfigurationError
 
 __all__ = ["WEIGHT_PARAMETRISATIONS", "DEFAULT_FLOOR", "check_weight_options", "checked_weight_options",
@@ -119,6 +119,16 @@ class SumWeights(nn.Module):
         if self.parametrisation == "softmax":
             return torch.log_softmax(self._padded(self.param, -math.inf), dim=1)
         return self._padded(log_weights(self.param, self.parametrisation), -math.inf)
+
+    def log_totals(self, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``(S,)`` the log of every sum's total weight (its value when all its children are 1); ``log_weights``:
+        this module's :meth:`log_weights`, when the caller has them. Raw weights are added as they are (the
+        parameters are the weights: two operations instead of a log-sum-exp); softmax totals are 1."""
+        if self.parametrisation == "raw":
+            return torch.log(torch.relu(self._padded(self.param, 0.0)).sum(1))
+        if self.parametrisation == "softmax":
+            return self.param.new_zeros(self.index.shape[0])
+        return logsumexp(self.log_weights() if log_weights is None else log_weights, dim=1)
 
     def weights(self) -> torch.Tensor:
         """The actual (padded, zero-filled) weights; for raw weights exactly the stored values."""
