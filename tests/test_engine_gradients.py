@@ -75,6 +75,24 @@ def test_gradients_match_finite_differences(structure: RandomStructure, weights:
 
 
 @pytest.mark.parametrize("weights", PARAMETRISATIONS)
+def test_gradients_of_a_mixture_whose_root_weights_join_the_matrix_product(weights: str) -> None:
+    """A root sum over products of discrete leaves takes its log-weights into the product's offset; its gradients
+    match finite differences through the compact one-hot form and, when a leaf rules states out (an indicator, so
+    the table holds -inf), through the full one."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 2, size=(15, 5)).astype(np.float64)
+    data[rng.random(data.shape) < 0.2] = np.nan
+    mixture = osp.mixture(num_vars=5, num_components=4, seed=7)
+    components = [osp.Product([osp.Indicator(0, 1), *[osp.Bernoulli(v, 0.3 + 0.1 * v) for v in range(1, 5)]]),
+                  osp.Product([osp.Sum([osp.Indicator(v, 0), osp.Indicator(v, 1)], [0.4, 1.2]) for v in range(5)])]
+    with_indicator = osp.Sum(components, [0.7, 0.5])
+    for root in (mixture, with_indicator):
+        model = osp.compile(root, weights, dtype=torch.float64)
+        assert model._weighted_tabular
+        check_gradients(model, data)
+
+
+@pytest.mark.parametrize("weights", PARAMETRISATIONS)
 def test_gradients_of_gaussian_and_discrete_leaf_parameters(weights: str) -> None:
     components = [
         osp.Product([osp.Gaussian(0, -0.5, 0.8), osp.Bernoulli(1, 0.3), osp.Categorical(2, [0.2, 0.5, 0.3])]),

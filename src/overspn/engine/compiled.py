@@ -25,7 +25,6 @@ batch, so one pass serves data and partition function alike.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -33,17 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from overspn.engine import program, queries
+from overspn.engine import compiled_structure, program, queries
 from overspn.engine.base import SPNModule
 from overspn.engine.encoding import EncodedData
 from overspn.engine.layers import Gather, ProductLayer, SumLayer, TabularProductLayer
+from overspn.engine.semiring import logsumexp
 from overspn.engine.weights import DEFAULT_FLOOR, SumWeights
 from overspn.errors import ConfigurationError, StructureError
 from overspn.limits import check_compile_memory
-from overspn.structure_columns import columns_from_entries, is_columns, read_columns, to_columns, to_entries
-from overspn.symbolic.csr import edges_of
+from overspn.structure_columns import columns_from_entries, is_columns, read_columns, to_entries
 from overspn.symbolic.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, PRODUCT, SUM, FlatStructure
-from overspn.symbolic.nodes import Bernoulli, Categorical, Gaussian, Indicator, Node, Product, Sum
+from overspn.symbolic.nodes import Node
 from overspn.symbolic.validation import check_flat, flatten
 
 __all__ = ["compile_structure", "compile", "CompiledSPN"]
@@ -144,6 +143,10 @@ class CompiledSPN(SPNModule):
         # the weight modules never change after the build; projecting raw weights after every step reads them
         self._sum_weights = tuple(module for module in self.modules() if isinstance(module, SumWeights))
         self._root_position = placement.position(len(flat) - 1)
+        # a mixture of products of discrete leaves: one sum over all the tabular products, in order
+        self._weighted_tabular = (self.tabular is not None and len(self.layers) == 1
+                                  and isinstance(self.layers[0], SumLayer) and self.layers[0].children_.identity
+                                  and self.layers[0].children_.sources == [2])
         self._set_flat_layout(placement.widths)
         # whether the fast path needs the per-sample discrete input values besides the tabular products
         self._inputs_read_directly = self.tabular is None or self._root_position[0] == 0 or any(
@@ -184,6 +187,13 @@ class CompiledSPN(SPNModule):
             # fresh leaves of the autograd graph, so that backtracking works whether or not inputs have parameters
             outputs = [tensor.detach().requires_grad_() for tensor in outputs]
             inputs_out.extend(outputs)
+        if self._weighted_tabular and not generic:
+            # the root mixes all the tabular products: its log-weights go into their matrix product's offset,
+            # which saves a pass over (and an allocation of) the (N, P) scores
+            root = self.layers[0]
+            assert isinstance(root, SumLayer), "checked when built"
+            bias = root.weights.log_weights().view(-1)
+            return logsumexp(self._tabular_values(data, outputs, None, table, generic, use_compact, bias), dim=1)
         flat = None
         if (self.flat_outputs and mode == "sum" and inputs_out is None and not torch.is_grad_enabled()
                 and len(self.layers)):
@@ -230,7 +240,8 @@ class CompiledSPN(SPNModule):
         return outputs
 
     def _tabular_values(self, data: EncodedData, outputs: list[torch.Tensor], flat: torch.Tensor | None,
-                        table: torch.Tensor | None, generic: bool, use_compact: bool) -> torch.Tensor:
+                        table: torch.Tensor | None, generic: bool, use_compact: bool,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
         """Output 2, ``(N, tabular products)``: gathered from the inputs (generic), else one matrix product."""
         assert self.tabular is not None, "called only for a program with tabular products"
         if generic:
@@ -239,7 +250,7 @@ class CompiledSPN(SPNModule):
         onehot, compact = data.onehot, data.compact if use_compact else None
         if onehot is None:
             onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(len(data.codes), -1)
-        return self.tabular(onehot, table, compact, data.with_partition)
+        return self.tabular(onehot, table, compact, data.with_partition, bias)
 
     def _write_flat(self, flat: torch.Tensor, index: int, output: torch.Tensor, node_major: bool = False) -> None:
         """Write an ``(N, width)`` output (``(width, N)`` when ``node_major``) into its block of ``flat``."""
@@ -248,52 +259,9 @@ class CompiledSPN(SPNModule):
             start = self._flat_offsets[index]
             flat[start: start + width] = output if node_major else output.T
 
-    @torch.no_grad()
     def to_structure(self) -> Node:
         """The symbolic structure with the current parameters (a new graph; sharing is preserved)."""
-        flat = self._structure
-        kind, ptr, child, names = flat.kind.tolist(), flat.ptr.tolist(), flat.child.tolist(), flat.names
-        layer_of, col_of = self._layer_of.tolist(), self._col_of.tolist()
-        discrete_weights = None
-        if self.discrete is not None and self.discrete.num_indicator_sums:
-            discrete_weights = self.discrete.indicator_sum_weights.weights().double().cpu().numpy()
-        layer_weights = {i + self._first_inner_output: layer.weights.weights().double().cpu().numpy()
-                         for i, layer in enumerate(self.layers) if isinstance(layer, SumLayer)}
-        if self.discrete is not None and self.discrete.num_bernoulli:
-            bernoulli_p = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy()
-        if self.discrete is not None and self.discrete.num_categorical:
-            table = self.discrete.table().double()
-        if self.gaussian is not None:
-            mean = self.gaussian.mean.double().cpu().numpy()
-            std = torch.exp(self.gaussian.log_std.double()).cpu().numpy()
-        num_indicators = num_bernoulli = 0
-        if self.discrete is not None:
-            num_indicators, num_bernoulli = self.discrete.num_indicators, self.discrete.num_bernoulli
-        var, value = flat.var.tolist(), flat.value.tolist()
-        built: list[Node] = []
-        for i, node_kind in enumerate(kind):
-            row, name = col_of[i], names[i]
-            if node_kind == INDICATOR:
-                new: Node = Indicator(var[i], value[i], name=name)
-            elif node_kind == BERNOULLI:
-                new = Bernoulli(var[i], float(bernoulli_p[row - num_indicators]), name=name)
-            elif node_kind == CATEGORICAL:
-                size = len(flat.probs[row - num_indicators - num_bernoulli])
-                new = Categorical(var[i], torch.softmax(table[row, :size], dim=0).cpu().numpy(), name=name)
-            elif node_kind == GAUSSIAN:
-                new = Gaussian(var[i], float(mean[row]), float(std[row]), name=name)
-            else:
-                children = [built[c] for c in child[ptr[i]: ptr[i + 1]]]
-                if node_kind == PRODUCT:
-                    new = Product(children, name=name)
-                elif layer_of[i] == 0:
-                    assert discrete_weights is not None, "a sum among the inputs is an indicator sum"
-                    new = Sum(children, discrete_weights[row - self._first_indicator_sum, : len(children)],
-                              name=name)
-                else:
-                    new = Sum(children, layer_weights[layer_of[i]][row, : len(children)], name=name)
-            built.append(new)
-        return built[-1]
+        return compiled_structure.structure_nodes(self)
 
     # -- parameters, queries, files -------------------------------------------------------------------------------
 
@@ -311,50 +279,7 @@ class CompiledSPN(SPNModule):
 
     def file_config(self) -> dict[str, Any]:
         return {"weights": self.parametrisation, "floor": self.floor, "num_vars": self.num_vars, "fast": self.fast,
-                "structure": self._structure_for_file()}
-
-    @torch.no_grad()
-    def _structure_for_file(self) -> dict[str, Any]:
-        """The structure with its current parameters in the column form of model files, written from the arrays
-        (no nodes built). Its leaf parameters only shape the model (the exact values are the stored tensors), so
-        values that rounded onto the edge of their range (p = 1 from a large logit, std = 0 from a very negative
-        log-std) are moved just inside it, where the structure validates."""
-        from overspn.serialization import BELOW_ONE, SMALLEST
-
-        flat = self._structure
-        kind, ptr, n = flat.kind, flat.ptr, len(flat)
-        layer_of, col_of = self._layer_of, self._col_of
-        # the current weight of every edge of a sum
-        weights = np.zeros(len(flat.child))
-        if self.discrete is not None and self.discrete.num_indicator_sums:
-            sums = np.flatnonzero((kind == SUM) & (layer_of == 0))
-            edges, owner = edges_of(ptr, sums)
-            table = self.discrete.indicator_sum_weights.weights().double().cpu().numpy()
-            weights[edges] = table[col_of[sums][owner] - self._first_indicator_sum, edges - ptr[sums][owner]]
-        for output, layer in enumerate(self.layers, start=self._first_inner_output):
-            if isinstance(layer, SumLayer):
-                sums = np.flatnonzero(layer_of == output)
-                edges, owner = edges_of(ptr, sums)
-                table = layer.weights.weights().double().cpu().numpy()
-                weights[edges] = table[col_of[sums][owner], edges - ptr[sums][owner]]
-        p, mean, std = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        probs: list[np.ndarray] = []
-        if self.discrete is not None and self.discrete.num_bernoulli:
-            rows = col_of[kind == BERNOULLI] - self.discrete.num_indicators
-            p[kind == BERNOULLI] = torch.sigmoid(self.discrete.bernoulli_logit.double()).cpu().numpy()[rows]
-            np.clip(p, SMALLEST, BELOW_ONE, out=p)
-        if self.discrete is not None and self.discrete.num_categorical:
-            log_table = self.discrete.table().double()
-            for number, i in enumerate(np.flatnonzero(kind == CATEGORICAL).tolist()):
-                values = torch.softmax(log_table[col_of[i], : len(flat.probs[number])], dim=0).cpu().numpy()
-                values = np.maximum(values, SMALLEST)
-                probs.append(values / values.sum())
-        if self.gaussian is not None:
-            rows = col_of[kind == GAUSSIAN]
-            mean[kind == GAUSSIAN] = self.gaussian.mean.double().cpu().numpy()[rows]
-            spread = np.exp(self.gaussian.log_std.double().cpu().numpy()[rows])
-            std[kind == GAUSSIAN] = np.clip(spread, SMALLEST, sys.float_info.max)
-        return to_columns(kind, ptr, flat.child, flat.var, flat.value, weights, p, mean, std, probs, flat.names)
+                "structure": compiled_structure.structure_columns(self)}
 
     @classmethod
     def from_file_config(cls, config: dict[str, Any], dtype: torch.dtype) -> CompiledSPN:

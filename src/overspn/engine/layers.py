@@ -208,9 +208,10 @@ class TabularProductLayer(nn.Module):
         return torch.cat([table.reshape(-1), table.new_zeros(1)])
 
     def forward(self, onehot: torch.Tensor, table: torch.Tensor, compact: CompactOneHot | None = None,
-                partition_row: bool = False) -> torch.Tensor:
+                partition_row: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, P)`` log-products; with ``compact`` (the data rows, without the partition row when there is one)
-        the narrower matrix product is used whenever the table is finite on the columns it keeps."""
+        the narrower matrix product is used whenever the table is finite on the columns it keeps. ``bias``
+        ``(P,)``, added to every row: the log-weights of a sum over all the products, folded into the product."""
         if compact is not None:
             # every table entry the compact product reads, in one gather: kept columns, their references, every
             # variable's reference and (for the partition row) every variable's marginal
@@ -218,15 +219,20 @@ class TabularProductLayer(nn.Module):
             kept, kept_references, references, marginals = entries.split(self._compact_sizes(compact), dim=1)
             # one check (and, on an accelerator, one synchronisation): the entries are finite or -inf
             if bool(torch.isfinite(entries.sum())):
-                product = torch.addmm(references.sum(1), compact.values, (kept - kept_references).T)
+                offset, partition = references.sum(1), marginals.sum(1)
+                if bias is not None:
+                    offset, partition = offset + bias, partition + bias
+                product = torch.addmm(offset, compact.values, (kept - kept_references).T)
                 if not partition_row:
                     return product
-                return torch.cat([product, marginals.sum(1).unsqueeze(0)])
+                return torch.cat([product, partition.unsqueeze(0)])
         matrix = self.matrix(table)
         impossible = torch.isinf(matrix)
         if not bool(impossible.any()):
-            return onehot @ matrix
-        # 0 * -inf would be NaN: multiply the finite part and mark rows that hit an impossible state separately.
-        finite = torch.where(impossible, torch.zeros_like(matrix), matrix)
-        hits = onehot @ impossible.to(onehot.dtype)
-        return (onehot @ finite).masked_fill(hits > 0, -math.inf)
+            product = onehot @ matrix
+        else:
+            # 0 * -inf would be NaN: multiply the finite part and mark rows that hit an impossible state separately.
+            finite = torch.where(impossible, torch.zeros_like(matrix), matrix)
+            hits = onehot @ impossible.to(onehot.dtype)
+            product = (onehot @ finite).masked_fill(hits > 0, -math.inf)
+        return product if bias is None else product + bias
