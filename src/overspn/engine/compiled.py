@@ -15,6 +15,8 @@ Layout of the program (``N`` rows of data, ``D`` variables, ``C`` the largest ca
   ``(N, D (C + 1)) @ (D (C + 1), P)``: the fast form of a product of univariate leaves over many variables. Data
   encoded once by the caller (``model.encode``, as training does) also gets a compact one-hot without one reference
   column per variable and without unused columns.
+* A root sum over all the tabular products, in order (a mixture of factorised components, such as the paper's
+  models), adds its log-weights to the matrix product's offset instead of to its ``(N, P)`` result.
 * Every other product layer is a gather + sum over ``(N, P, A)``; every sum layer a gather + log-sum-exp over
   ``(N, S, A)`` with log-weights ``(S, A)`` (padding carries log-weight -inf) (:mod:`overspn.engine.layers`).
 
