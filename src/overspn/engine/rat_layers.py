@@ -58,7 +58,9 @@ class _Bilinear(torch.autograd.Function):
         blocks, rows, channels = left.shape
         outputs = weights.shape[1]
         partial = torch.bmm(right, weights.reshape(blocks, outputs * channels, channels).transpose(1, 2))
-        mixed = torch.bmm(partial.view(blocks * rows, outputs, channels), left.reshape(blocks * rows, channels, 1))
+        # left (1, K) @ partial^T (K, K') per row: the row-vector form is several times faster than partial @ left
+        mixed = torch.bmm(left.reshape(blocks * rows, 1, channels),
+                          partial.view(blocks * rows, outputs, channels).transpose(1, 2))
         ctx.save_for_backward(left, right, weights, partial)
         return mixed.view(blocks, rows, outputs)
 
@@ -73,8 +75,10 @@ class _Bilinear(torch.autograd.Function):
         else:
             outer = grad.unsqueeze(3) * left.unsqueeze(2)
         outer = outer.view(blocks, rows, outputs * channels)
-        grad_right = torch.bmm(outer, weights.reshape(blocks, outputs * channels, channels))
-        # (right^T outer)^T: the matrix product in this orientation is markedly faster than outer^T right
+        # both gradients as transposed products (w^T outer^T and right^T outer): in this orientation the batched
+        # products are markedly faster than outer w and outer^T right
+        grad_right = torch.bmm(weights.reshape(blocks, outputs * channels, channels).transpose(1, 2),
+                               outer.transpose(1, 2)).transpose(1, 2)
         grad_weights = torch.bmm(right.transpose(1, 2), outer).transpose(1, 2).reshape(weights.shape)
         grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
                               partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
