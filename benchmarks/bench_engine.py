@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_paper_model import FLOOR, LEARNING_RATE, HandFused, paper_structure  # noqa: E402
+from random_dags import random_dag  # noqa: E402
 from timing import interleaved_timings  # noqa: E402
 
 import overspn as osp  # noqa: E402
@@ -94,39 +95,9 @@ def paper_step(train: np.ndarray, dtype: torch.dtype, repeats: int, warmup: int)
             for name, values in times.items()}
 
 
-def random_dag(num_vars: int, width: int, repetitions: int, rng: np.random.Generator) -> osp.Node:
-    """A valid random SPN: ``repetitions`` random binary splits of the variables; for every scope ``width`` sums,
-    each over two products whose children are drawn from the pools of the two halves (shared across repetitions,
-    so children come from many heights)."""
-    indicators = [(osp.Indicator(v, 0), osp.Indicator(v, 1)) for v in range(num_vars)]
-    pool: dict[frozenset[int], list[osp.Node]] = {
-        frozenset([v]): [osp.Sum(indicators[v], rng.uniform(0.1, 1.0, 2)) for _ in range(width)]
-        for v in range(num_vars)}
-
-    def build(scope: list[int]) -> frozenset[int]:
-        key = frozenset(scope)
-        if len(scope) == 1:
-            return key
-        cut = int(rng.integers(1, len(scope)))
-        left, right = build(scope[:cut]), build(scope[cut:])
-        nodes = pool.setdefault(key, [])
-        for _ in range(width):
-            products = [osp.Product([pool[left][rng.integers(len(pool[left]))],
-                                     pool[right][rng.integers(len(pool[right]))]]) for _ in range(2)]
-            nodes.append(osp.Sum(products, rng.uniform(0.1, 1.0, 2)))
-        return key
-
-    full = frozenset(range(num_vars))
-    for _ in range(repetitions):
-        build(list(rng.permutation(num_vars)))
-    return osp.Sum(pool[full], rng.uniform(0.1, 1.0, len(pool[full])))
-
-
 def dag_forward(target: int, repeats: int, warmup: int) -> dict[str, object]:
     rng = np.random.default_rng(target)
-    repetitions = 4 if target <= 1000 else 10
-    width = max(1, round(target / (repetitions * 9 * 3 + 10)))
-    root = random_dag(10, width, repetitions, rng)
+    root = random_dag(10, target, rng)
     started = time.perf_counter()
     model = osp.compile(root, "raw", dtype=torch.float64)
     compile_s = time.perf_counter() - started
