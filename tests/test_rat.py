@@ -126,6 +126,22 @@ def test_gradients_match_finite_differences() -> None:
     assert torch.autograd.gradcheck(functional, inputs, eps=1e-6, atol=1e-6)
 
 
+def test_reused_buffers_are_kept_per_shape_within_their_byte_budget() -> None:
+    from overspn.engine.rat_layers import _Scratch
+
+    scratch = _Scratch()
+    scratch.capacity_bytes = 1000
+    like = torch.zeros(1, dtype=torch.float64)
+    first = scratch.empty((10, 5), like)  # 400 bytes
+    assert scratch.empty((10, 5), like) is first
+    assert scratch.empty((10, 5), torch.zeros(1, dtype=torch.float32)) is not first  # per dtype
+    scratch.empty((20, 5), like)  # 800 bytes: the oldest buffers go
+    assert sum(t.nbytes for t in scratch.tensors.values()) <= 1000
+    assert scratch.empty((10, 5), like) is not first
+    huge = scratch.empty((200,), like)  # over the budget: never kept
+    assert scratch.empty((200,), like) is not huge and all(t.nbytes <= 1000 for t in scratch.tensors.values())
+
+
 def test_gradients_through_reused_buffers_equal_those_of_fresh_ones() -> None:
     """On the CPU the widest temporary of a backward pass lives in a reused buffer; batches of other sizes in turn,
     and a backward pass that records its graph (which allocates afresh), give the same gradients."""

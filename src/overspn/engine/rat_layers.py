@@ -18,13 +18,14 @@ __all__ = ["einsum_layer", "root_layer"]
 
 
 class _Scratch(threading.local):
-    """Reusable CPU tensors for the largest temporary of a backward pass (one per shape, the last few shapes).
+    """Reusable CPU tensors for the largest temporary of a backward pass: one per shape, the most recently used
+    kept up to ``capacity_bytes`` in all (a larger temporary is allocated afresh every time, as any other).
 
     A fresh allocation of tens of megabytes is returned to the operating system when freed, so every step would
     fault its pages in again: on the widest layers that costs as much as the arithmetic. Each thread has its own.
     """
 
-    capacity = 4
+    capacity_bytes = 256 * 2**20
 
     def __init__(self) -> None:
         self.tensors: dict[tuple[Any, ...], torch.Tensor] = {}
@@ -34,8 +35,10 @@ class _Scratch(threading.local):
         tensor = self.tensors.pop(key, None)
         if tensor is None:
             tensor = like.new_empty(shape)
+        if tensor.nbytes > self.capacity_bytes:
+            return tensor
         self.tensors[key] = tensor  # the most recently used last
-        while len(self.tensors) > self.capacity:
+        while sum(kept.nbytes for kept in self.tensors.values()) > self.capacity_bytes:
             del self.tensors[next(iter(self.tensors))]
         return tensor
 
