@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,6 @@ from overspn.cli.train import infer_leaf, parse_structure
 from overspn.engine.rat import RatConfig, RatSPN
 from overspn.errors import ConfigurationError, DivergenceError
 from overspn.learn.fit import History, evaluate, fit
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small models run fastest, and exactly reproducibly, on one thread (also on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _mixture_data(rows: int, num_vars: int, seed: int) -> np.ndarray:
