@@ -28,7 +28,7 @@ from torch import nn
 from overspn.engine.base import SPNModule, layout_from_file
 from overspn.engine.encoding import EncodedData
 from overspn.engine.rat_config import LEAF_KINDS, RatConfig, region_graph
-from overspn.engine.rat_layers import einsum_layer, root_layer
+from overspn.engine.rat_layers import einsum_layer, root_layer, to_linear
 from overspn.engine.semiring import gaussian_log_density
 from overspn.engine.weights import (
     DEFAULT_FLOOR,
@@ -161,10 +161,11 @@ class RatSPN(SPNModule):
             layer_weights = [linear_weights(parameter, self.parametrisation) for parameter in self.sum_weights]
         if root_weights is None:
             root_weights = linear_weights(self.root_weights, self.parametrisation)
-        values = regions
+        linear, log_scale = to_linear(regions)
         for shift, weights in layer_weights:
-            values = einsum_layer(values, shift, weights)
-        return root_layer(values, *root_weights)
+            shift_or_none = shift if self.parametrisation == "log" else None  # 0 for the other parametrisations
+            linear, log_scale = einsum_layer(linear, log_scale, shift_or_none, weights)
+        return root_layer(linear, log_scale, *root_weights)
 
     # -- expectation-maximisation -------------------------------------------------------------------------------
 

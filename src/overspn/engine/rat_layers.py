@@ -14,7 +14,7 @@ import torch
 
 from overspn.engine.semiring import finite_max, logsumexp
 
-__all__ = ["einsum_layer", "root_layer"]
+__all__ = ["einsum_layer", "root_layer", "to_linear"]
 
 
 class _Scratch(threading.local):
@@ -88,44 +88,65 @@ class _Bilinear(torch.autograd.Function):
         return grad_left, grad_right, grad_weights
 
 
-def einsum_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``.
+def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-values ``(..., K)`` as ``(linear, log_scale)``: ``values = log(linear) + log_scale``, with the largest
+    entry of every ``linear`` row 1 (all 0 in a row of -inf) and ``log_scale`` ``(..., 1)`` (detached)."""
+    log_scale = finite_max(values)
+    return torch.exp(values - log_scale), log_scale
 
-    log sum_ij w_kij exp(a_i + b_j) = max a + max b + log sum_i exp(a_i - max a) sum_j w_kij exp(b_j - max b):
-    the values stay in linear space, shifted per region. The mixing never forms the ``(N, K K)`` cross products:
-    per region one batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the
-    weights and a batched matrix-vector product with the left child's inputs finishes the bilinear form, with a
-    hand-written backward (:class:`_Bilinear`); the same multiplications as cross products followed by
-    ``(N, K K) @ (K K, K')``, with fewer passes over tensors of that size (see benchmarks/README.md).
-    ``weights`` ``(R, L/2, K', K K)`` (index ``i K + j``, i of the left child) are the actual weights divided by
-    exp(``shift``).
+
+def _rescaled(mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mixed`` (linear, >= 0) divided by its largest entry per row, and the log of that divisor (a row of zeros,
+    or one that overflowed, keeps divisor 1): the scaled form of :func:`to_linear` without leaving linear space."""
+    largest = mixed.detach().amax(dim=-1, keepdim=True)
+    largest = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
+    return mixed / largest, torch.log(largest)
+
+
+def einsum_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor | None,
+                 weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``,
+    on values in the scaled linear form of :func:`to_linear` (in and out).
+
+    log sum_ij w_kij exp(a_i + b_j) = s_a + s_b + log sum_i exp(a_i - s_a) sum_j w_kij exp(b_j - s_b): the values
+    stay in linear space from layer to layer, rescaled per region by their largest entry (one pass) instead of a
+    logarithm and an exponential per layer. The mixing never forms the ``(N, K K)`` cross products: per region one
+    batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the weights and a batched
+    matrix-vector product with the left child's inputs finishes the bilinear form, with a hand-written backward
+    (:class:`_Bilinear`); the same multiplications as cross products followed by ``(N, K K) @ (K K, K')``, with
+    fewer passes over tensors of that size (see benchmarks/README.md). ``weights`` ``(R, L/2, K', K K)`` (index
+    ``i K + j``, i of the left child) are the actual weights divided by exp(``shift``) ``(R, L/2, K', 1)``; None
+    when that is 0.
     """
-    left, right = values[:, :, 0::2], values[:, :, 1::2]
-    left_max, right_max = finite_max(left), finite_max(right)
-    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    left, right = linear[:, :, 0::2], linear[:, :, 1::2]
     rows, reps, regions, channels = left.shape
     outputs = weights.shape[2]
     blocks = reps * regions
     # region-major (R L/2, N, K) operands, so that the batched products need no copies of their large results
-    left_exp = left_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    right_exp = right_exp.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    mixed = _Bilinear.apply(left_exp, right_exp, weights.reshape(blocks, outputs, channels, channels))
+    left = left.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
+    right = right.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
+    mixed = _Bilinear.apply(left, right, weights.reshape(blocks, outputs, channels, channels))
     mixed = mixed.view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
-    return torch.log(mixed) + left_max + right_max + shift.squeeze(-1)
+    scale = log_scale[:, :, 0::2] + log_scale[:, :, 1::2]
+    if shift is not None:  # per-sum shifts: the largest into the scale, the rest (<= 0) into the linear values
+        largest_shift = shift.amax(dim=(2, 3), keepdim=True)
+        mixed = mixed * torch.exp(shift - largest_shift).squeeze(-1)
+        scale = scale + largest_shift.squeeze(-1)
+    rescaled, divisor = _rescaled(mixed)
+    return rescaled, scale + divisor
 
 
-def root_layer(values: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``.
+def root_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor,
+               weights: torch.Tensor) -> torch.Tensor:
+    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``,
+    from the scaled linear form of :func:`einsum_layer`.
 
     Per repetition the mixture is a bilinear form, sum_ij w_rij exp(a_ri) exp(b_rj), evaluated in linear space
-    with the same per-region shifts as :func:`einsum_layer` (one batched matrix product instead of an exponential
-    per product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the actual weights
-    divided by exp(``shift``).
+    (one batched matrix product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the
+    actual weights divided by exp(``shift``).
     """
-    left, right = values[:, :, 0], values[:, :, 1]  # (N, R, K)
-    left_max, right_max = finite_max(left), finite_max(right)
-    left_exp, right_exp = torch.exp(left - left_max), torch.exp(right - right_max)
+    left, right = linear[:, :, 0], linear[:, :, 1]  # (N, R, K)
     channels = left.shape[2]
-    bilinear = torch.einsum("nri,rij->nrj", left_exp, weights.view(-1, channels, channels))
-    per_repetition = torch.log((bilinear * right_exp).sum(dim=2)) + (left_max + right_max).squeeze(2)
+    bilinear = torch.einsum("nri,rij->nrj", left, weights.view(-1, channels, channels))
+    per_repetition = torch.log((bilinear * right).sum(dim=2)) + (log_scale[:, :, 0] + log_scale[:, :, 1]).squeeze(2)
     return logsumexp(per_repetition, dim=1) + shift
