@@ -6,6 +6,10 @@
    and load, with the peak resident memory.
 2. The Adam step of RAT-SPNs against cirkit at sums = inputs = 5, 12, 25 (1.1e4, 1.1e5, 9.6e5 parameters), steps
    interleaved as in ``bench_peers.py`` (``peers.time_cell``).
+2b. The Adam step of the learned structure, the HCLT over the Chow-Liu tree of the plants training data, against the
+   same HCLT in cirkit (``hclt_peers.py``) at ``--hclt-latents`` K = 12, 38, 121 latent states (1.1e4, 1.0e5, 1.0e6
+   overspn parameters), interleaved the same way; outputs are checked comparable first, and equal at equal
+   parameters.
 3. The no-grad forward of random DAG SPNs of 10^2 .. 10^5 nodes (normalised weights, sub-networks shared;
    ``random_dags.py``) against the same DAG built from SPFlow 1.1 modules, evaluated with SPFlow's cache so that
    shared modules run once; outputs are checked equal (within 1e-3 nats) before timing.
@@ -14,6 +18,8 @@ Everything but the paper's step runs at ``--threads`` (default 1). Run it in the
 ``bench_peers.py``) on a machine with nothing else running::
 
     OVERSPN_DATA=../shared/datasets .venv-bench/bin/python benchmarks/bench_speed.py
+
+``--sections 2 2b`` runs only those sections (the JSON then holds only theirs).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from bench_engine import paper_step
-from peers import BASE, SCALING_BATCH, Shape, available_runners, time_cell
+from hclt_peers import HCLT_LATENTS, HCLT_RUNNERS, TreeShape, check_same_function, chow_liu_parents
+from peers import BASE, SCALING_BATCH, Shape, available_runners, check_comparable, time_cell
 from provenance import source_revision
 from random_dags import random_dag
 from timing import interleaved_timings
@@ -40,6 +47,7 @@ from overspn.data import load_dataset
 REPO = Path(__file__).resolve().parents[1]
 SPEED_WIDTHS = (5, 12, 25)  # sums = inputs: 11,200 / 113,400 / 961,000 parameters (about 1e4, 1e5, 1e6)
 DAG_SIZES = (100, 1_000, 10_000, 100_000)
+SECTIONS = ("0", "1", "2", "2b", "3")
 
 
 def spflow_dag(root: Any) -> torch.nn.Module:
@@ -152,22 +160,8 @@ def mixture_cell(num_vars: int, components: int, repeats: int, out_dir: Path) ->
     return result
 
 
-def speed_suite(args: argparse.Namespace) -> None:
-    names, missing = available_runners()
-    print(f"load average at start: {os.getloadavg()}", flush=True)
-    result: dict[str, Any] = {
-        "benchmark": "overspn speed suite: the paper's model on raw tensors against a hand-fused model, a "
-                     "3-million-node mixture, RAT-SPN steps against cirkit, random DAGs against SPFlow",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()},
-        "source": source_revision(), "versions": {"torch": torch.__version__}, "missing": missing,
-        "settings": vars(args) | {"out": str(args.out)},
-    }
-    for name in names[1:]:
-        from importlib.metadata import version
-
-        result["versions"][name] = version("libcirkit" if name == "cirkit" else name)
-    # 0. the paper's model on raw tensors against the hand-fused model
+def paper_section(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """0. the paper's model on raw tensors against the hand-fused model."""
     result["paper_step_threads"] = args.paper_threads
     threads = torch.get_num_threads()
     torch.set_num_threads(args.paper_threads)
@@ -180,7 +174,10 @@ def speed_suite(args: argparse.Namespace) -> None:
               f"{cell['raw']['median_ms']:.2f} ({cell['raw']['ratio_to_hand_fused']:.2f}x); encoded "
               f"{cell['encoded']['median_ms']:.2f} ({cell['encoded']['ratio_to_hand_fused']:.2f}x)", flush=True)
     torch.set_num_threads(threads)
-    # 1. the mixture
+
+
+def mixture_section(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """1. the mixture."""
     size = args.mixture
     mixture = mixture_cell(size[0], size[1], args.mixture_repeats, args.out.parent)
     result["mixture"] = mixture
@@ -189,7 +186,10 @@ def speed_suite(args: argparse.Namespace) -> None:
           f"{mixture['median_first_forward_s']:.1f} s = {mixture['median_compile_and_first_forward_s']:.1f} s; "
           f"load {mixture['median_load_s']:.1f} s; save {mixture['median_save_s']:.1f} s; peak RSS "
           f"{mixture['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
-    # 2. RAT-SPN training steps against cirkit
+
+
+def rat_section(args: argparse.Namespace, names: list[str], result: dict[str, Any]) -> None:
+    """2. RAT-SPN training steps against cirkit."""
     data = torch.from_numpy(load_dataset("plants").train).float()
     rat_names = [n for n in names if n in ("overspn", "cirkit")]
     rat = []
@@ -205,7 +205,47 @@ def speed_suite(args: argparse.Namespace) -> None:
               f"{peer.get('median_step_ms', float('nan')):10.1f} {peer.get('ratio_to_overspn', float('nan')):15.2f}",
               flush=True)
     result["rat_steps"] = rat
-    # 3. random DAGs against SPFlow
+
+
+def hclt_section(args: argparse.Namespace, names: list[str], result: dict[str, Any]) -> None:
+    """2b. HCLT training steps against the same HCLT in cirkit, after checking that the two compute the same."""
+    data = torch.from_numpy(load_dataset("plants").train).float()
+    hclt_names = [n for n in names if n in ("overspn", "cirkit")]
+    parents = chow_liu_parents(data)
+    leaves = len(set(range(len(parents))) - set(parents))
+    cells = []
+    print(f"\n2b. HCLT Adam step, Chow-Liu tree of plants ({len(parents)} variables, {leaves} leaves), batch "
+          f"{SCALING_BATCH}, {torch.get_num_threads()} thread(s)")
+    print("| K | parameters overspn / cirkit | overspn ms/step (p10-p90) | cirkit ms/step (p10-p90) | "
+          "samples/s overspn / cirkit | cirkit / overspn | max abs error at equal parameters (init / factorised) |")
+    print("|---|---|---|---|---|---|---|")
+    for latent in args.hclt_latents:
+        shape = TreeShape(data.shape[1], latent, parents)
+        checks: dict[str, Any] = {}
+        if "cirkit" in hclt_names:
+            checks["same_function"] = check_same_function(shape, data, 512, args.seed)
+            checks["comparable"] = check_comparable([HCLT_RUNNERS[n](shape, args.seed) for n in hclt_names],
+                                                    data[:512])
+        cell = time_cell(shape, hclt_names, SCALING_BATCH, data, args.repeats, args.warmup, args.budget, args.seed,
+                         HCLT_RUNNERS)
+        cell["checks"] = checks
+        cells.append(cell)
+        r = cell["results"]
+        ours, peer = r["overspn"], r.get("cirkit")
+        row = [str(latent), f"{ours['parameters']:,} / {peer['parameters']:,}" if peer else f"{ours['parameters']:,}",
+               f"{ours['median_step_ms']:.1f} ({ours['p10_step_ms']:.1f}-{ours['p90_step_ms']:.1f})"]
+        if peer:
+            errors = (checks["same_function"]["max_abs_error"],
+                      max(checks["comparable"][n]["equal_parameters_max_abs_error"] for n in hclt_names))
+            row += [f"{peer['median_step_ms']:.1f} ({peer['p10_step_ms']:.1f}-{peer['p90_step_ms']:.1f})",
+                    f"{ours['samples_per_s']:,.0f} / {peer['samples_per_s']:,.0f}",
+                    f"**{peer['ratio_to_overspn']:.2f}**", f"{errors[0]:.1e} / {errors[1]:.1e}"]
+        print("| " + " | ".join(row) + " |", flush=True)
+    result["hclt_steps"] = cells
+
+
+def dag_section(args: argparse.Namespace, names: list[str], result: dict[str, Any]) -> None:
+    """3. random DAGs against SPFlow."""
     dags = []
     print("\n3. random DAGs, 10 binary variables, 1,000 rows, no grad: forward ms")
     print(f"{'nodes':>8} {'layers':>7} {'compile s':>10} {'overspn ms':>11} {'SPFlow ms':>10} {'SPFlow/overspn':>15}")
@@ -217,12 +257,38 @@ def speed_suite(args: argparse.Namespace) -> None:
               f"{r.get('spflow', {}).get('median_ms', float('nan')):10.2f} "
               f"{cell.get('spflow_over_overspn', float('nan')):15.2f}", flush=True)
     result["random_dags"] = dags
+
+
+def speed_suite(args: argparse.Namespace) -> None:
+    names, missing = available_runners()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    result: dict[str, Any] = {
+        "benchmark": "overspn speed suite: the paper's model on raw tensors against a hand-fused model, a "
+                     "3-million-node mixture, RAT-SPN and HCLT steps against cirkit, random DAGs against SPFlow",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()},
+        "source": source_revision(), "versions": {"torch": torch.__version__}, "missing": missing,
+        "settings": vars(args) | {"out": str(args.out)},
+    }
+    for name in names[1:]:
+        from importlib.metadata import version
+
+        result["versions"][name] = version("libcirkit" if name == "cirkit" else name)
+    sections = set(args.sections)
+    if "0" in sections:
+        paper_section(args, result)
+    if "1" in sections:
+        mixture_section(args, result)
+    if "2" in sections:
+        rat_section(args, names, result)
+    if "2b" in sections:
+        hclt_section(args, names, result)
+    if "3" in sections:
+        dag_section(args, names, result)
     result["machine"]["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
     print(f"\nload average at end: {os.getloadavg()}; written to {args.out}")
-
-
 
 
 def main() -> None:
@@ -234,6 +300,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--widths", type=int, nargs="+", default=list(SPEED_WIDTHS),
                         help="sums = inputs per region of the RAT-SPNs timed against cirkit")
+    parser.add_argument("--hclt-latents", type=int, nargs="+", default=list(HCLT_LATENTS),
+                        help="latent states K of the HCLTs timed against cirkit (section 2b)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="the sections to run (default: all)")
     parser.add_argument("--mixture", type=int, nargs=2, default=[1000, 1000], metavar=("VARS", "COMPONENTS"))
     parser.add_argument("--mixture-repeats", type=int, default=1)
     parser.add_argument("--dag-sizes", type=int, nargs="+", default=list(DAG_SIZES))

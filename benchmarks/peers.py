@@ -14,6 +14,7 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,10 +224,11 @@ def check_comparable(runners: list[Runner], x: torch.Tensor) -> dict[str, Any]:
     return report
 
 
-def time_cell(shape: Shape, names: list[str], batch: int, data: torch.Tensor, repeats: int, warmup: int,
-              budget: float, seed: int) -> dict[str, Any]:
-    """Interleaved training steps of every library on the same random batches."""
-    runners = [RUNNERS[name](shape, seed) for name in names]
+def time_cell(shape: Any, names: list[str], batch: int, data: torch.Tensor, repeats: int, warmup: int,
+              budget: float, seed: int, runners_by_name: Mapping[str, type[Runner]] = RUNNERS) -> dict[str, Any]:
+    """Interleaved training steps of every library on the same random batches; ``shape`` is a :class:`Shape` for
+    the RAT-SPN runners, or whatever the classes of ``runners_by_name`` are built from."""
+    runners = [runners_by_name[name](shape, seed) for name in names]
     generator = torch.Generator().manual_seed(seed)
     batches = [data[torch.randint(len(data), (batch,), generator=generator)] for _ in range(warmup + repeats)]
     prepared = {runner.name: [runner.prepare(b) for b in batches] for runner in runners}
