@@ -142,9 +142,13 @@ def test_reused_buffers_are_kept_per_shape_within_their_byte_budget() -> None:
     assert scratch.empty((200,), like) is not huge and all(t.nbytes <= 1000 for t in scratch.tensors.values())
 
 
-def test_gradients_through_reused_buffers_equal_those_of_fresh_ones() -> None:
-    """On the CPU the widest temporary of a backward pass lives in a reused buffer; batches of other sizes in turn,
-    and a backward pass that records its graph (which allocates afresh), give the same gradients."""
+@pytest.mark.parametrize("chunk_bytes", [2**20, 1, 7000])
+def test_gradients_through_reused_buffers_equal_those_of_fresh_ones(chunk_bytes: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the widest temporary of a backward pass is formed a few blocks at a time (all at once, one by
+    one, or in uneven chunks here) in a reused buffer; batches of other sizes in turn, and a backward pass that
+    records its graph (which forms it whole, afresh), give the same gradients."""
+    monkeypatch.setattr("overspn.engine.rat_layers._CHUNK_BYTES", chunk_bytes)
     model = RatSPN(RatConfig(8, 2, 3, 4, 3, "bernoulli", seed=2), "softmax", dtype=torch.float64)
     batches = [torch.from_numpy(_random_data("bernoulli", 2, rows, 8, rows, 0.1)) for rows in (9, 4, 9, 13, 4)]
 

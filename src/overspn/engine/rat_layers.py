@@ -51,10 +51,10 @@ class _Bilinear(torch.autograd.Function):
 
     Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
     product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
-    outer product of the incoming gradient with ``left`` (into a reused buffer on the CPU), read by the two matrix
-    products that give the gradients of ``right`` and ``w``, and one matrix-vector product with the saved
-    intermediate for ``left`` (autograd through the elementwise form makes three more passes over tensors of that
-    size)."""
+    outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
+    of ``right`` and ``w`` (on the CPU a few blocks at a time, see :func:`_outer_gradients`), and one
+    matrix-vector product with the saved intermediate for ``left`` (autograd through the elementwise form makes
+    three more passes over tensors of that size)."""
 
     @staticmethod
     def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -72,20 +72,43 @@ class _Bilinear(torch.autograd.Function):
         left, right, weights, partial = ctx.saved_tensors
         blocks, rows, channels = left.shape
         outputs = weights.shape[1]
+        flat_weights = weights.reshape(blocks, outputs * channels, channels)
         if grad.device.type == "cpu" and not torch.is_grad_enabled():  # (out= records no graph)
-            outer = torch.mul(grad.unsqueeze(3), left.unsqueeze(2),
-                              out=_SCRATCH.empty((blocks, rows, outputs, channels), grad))
+            grad_right, grad_weights = _outer_gradients(grad, left, right, flat_weights)
         else:
-            outer = grad.unsqueeze(3) * left.unsqueeze(2)
-        outer = outer.view(blocks, rows, outputs * channels)
-        # both gradients as transposed products (w^T outer^T and right^T outer): in this orientation the batched
-        # products are markedly faster than outer w and outer^T right
-        grad_right = torch.bmm(weights.reshape(blocks, outputs * channels, channels).transpose(1, 2),
-                               outer.transpose(1, 2)).transpose(1, 2)
-        grad_weights = torch.bmm(right.transpose(1, 2), outer).transpose(1, 2).reshape(weights.shape)
+            outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
+            grad_right = torch.bmm(flat_weights.transpose(1, 2), outer.transpose(1, 2)).transpose(1, 2)
+            grad_weights = torch.bmm(right.transpose(1, 2), outer)
         grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
                               partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
-        return grad_left, grad_right, grad_weights
+        return grad_left, grad_right, grad_weights.transpose(1, 2).reshape(weights.shape)
+
+
+#: bytes of outer product per chunk of blocks in the backward pass: about a core's L2 cache
+_CHUNK_BYTES = 2**20
+
+
+def _outer_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                     flat_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``right`` ``(B, N, K)`` and of the weights (transposed, ``(B, K, K' K)``) from the outer
+    products ``grad (N, K') x left (N, K)`` of every block, formed a few blocks at a time in a reused buffer that
+    stays in the CPU's cache while the two matrix products read it: a quarter to a third faster than forming all
+    of them at once from about 10 channels up. Both products are taken transposed (``w^T outer^T`` and
+    ``right^T outer``), the orientation in which torch's batched products are markedly faster."""
+    blocks, rows, channels = left.shape
+    outputs = grad.shape[2]
+    width = outputs * channels
+    chunk = max(1, min(blocks, _CHUNK_BYTES // (rows * width * grad.element_size())))
+    buffer = _SCRATCH.empty((chunk, rows, outputs, channels), grad)
+    grad_right = grad.new_empty((blocks, channels, rows))
+    grad_weights = grad.new_empty((blocks, channels, width))
+    for start in range(0, blocks, chunk):
+        end = min(start + chunk, blocks)
+        outer = torch.mul(grad[start:end].unsqueeze(3), left[start:end].unsqueeze(2), out=buffer[: end - start])
+        outer = outer.view(end - start, rows, width)
+        torch.bmm(flat_weights[start:end].transpose(1, 2), outer.transpose(1, 2), out=grad_right[start:end])
+        torch.bmm(right[start:end].transpose(1, 2), outer, out=grad_weights[start:end])
+    return grad_right.transpose(1, 2), grad_weights
 
 
 def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
