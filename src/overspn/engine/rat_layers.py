@@ -102,12 +102,14 @@ def _outer_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor
     buffer = _SCRATCH.empty((chunk, rows, outputs, channels), grad)
     grad_right = grad.new_empty((blocks, channels, rows))
     grad_weights = grad.new_empty((blocks, channels, width))
-    for start in range(0, blocks, chunk):
-        end = min(start + chunk, blocks)
-        outer = torch.mul(grad[start:end].unsqueeze(3), left[start:end].unsqueeze(2), out=buffer[: end - start])
-        outer = outer.view(end - start, rows, width)
-        torch.bmm(flat_weights[start:end].transpose(1, 2), outer.transpose(1, 2), out=grad_right[start:end])
-        torch.bmm(right[start:end].transpose(1, 2), outer, out=grad_weights[start:end])
+    # every operand split once into chunks of blocks (views), so that the loop runs only the three products
+    parts = zip(grad.unsqueeze(3).split(chunk), left.unsqueeze(2).split(chunk),
+                flat_weights.transpose(1, 2).split(chunk), right.transpose(1, 2).split(chunk),
+                grad_right.split(chunk), grad_weights.split(chunk))
+    for grad_part, left_part, weights_part, right_part, grad_right_part, grad_weights_part in parts:
+        outer = torch.mul(grad_part, left_part, out=buffer[: len(grad_part)]).view(len(grad_part), rows, width)
+        torch.bmm(weights_part, outer.transpose(1, 2), out=grad_right_part)
+        torch.bmm(right_part, outer, out=grad_weights_part)
     return grad_right.transpose(1, 2), grad_weights
 
 
