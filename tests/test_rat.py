@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -161,6 +162,30 @@ def test_gradients_through_reused_buffers_equal_those_of_fresh_ones(chunk_bytes:
         for x, reference in zip(batches, expected):
             for got, want in zip(gradients(x, create_graph=False), reference):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical"])
+def test_binary_rows_without_missing_values_take_the_half_product_with_the_same_values_and_gradients(leaf: str) -> None:
+    """Complete binary rows read the leaves as x @ (log f(1) - log f(0)) + sum log f(0); the same rows with one
+    missing value elsewhere (so every row takes the one-hot product) give the same values and gradients."""
+    model = RatSPN(RatConfig(8, 2, 3, 3, 4, leaf, 2, seed=6), "log", dtype=torch.float64)
+    _perturb_weights(model, seed=1)
+    complete = torch.from_numpy(_random_data(leaf, 2, 12, 8, 3, 0.0))
+    with_missing = torch.cat([complete, torch.full((1, 8), math.nan)])
+    with_missing[-1, 0] = 1.0
+    gradients = []
+    for x in (complete, with_missing):
+        model.zero_grad()
+        values = model.log_likelihood(x)[: len(complete)]
+        values.sum().backward()
+        gradients.append((values.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(gradients[0][0], gradients[1][0], rtol=1e-12, atol=1e-12)
+    for fast, reference in zip(gradients[0][1], gradients[1][1]):
+        torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-12)
+    inputs = (model.logit if leaf == "bernoulli" else model.logits).detach().clone().requires_grad_()
+    name = "logit" if leaf == "bernoulli" else "logits"
+    assert torch.autograd.gradcheck(
+        lambda t: torch.func.functional_call(model, {name: t}, (complete,)), (inputs,), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("leaf", "cardinality"), [("bernoulli", 2), ("categorical", 4), ("gaussian", 2)])

@@ -128,35 +128,51 @@ class RatSPN(SPNModule):
             return torch.stack([F.logsigmoid(-self.logit), F.logsigmoid(self.logit)], dim=1)
         return torch.log_softmax(self.logits, dim=-1).permute(0, 3, 1, 2)
 
-    def _region_inputs(self, x: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
-        """``(N, R, L, I)``: each leaf region's factorised inputs, the sum of its variables' log-densities.
+    def _region_inputs(self, x: torch.Tensor, table: torch.Tensor | None, partition_row: bool = False) -> torch.Tensor:
+        """``(N, R, L, I)``: each leaf region's factorised inputs, the sum of its variables' log-densities
+        (``partition_row``: the last row of ``x`` is the all-missing row of the partition function).
 
         Discrete leaves: one matrix product ``onehot(x) (N, D C) @ table (D C, R L I)``, where the table holds each
         variable's log-probabilities in the block of its region and zeros elsewhere; a missing value has an all-zero
-        one-hot row, i.e. contributes log 1. Gaussian leaves: ``(N, D, R, I)`` log-densities summed per region.
+        one-hot row, i.e. contributes log 1. Binary data without missing values takes half of that product:
+        ``log f(x) = log f(0) + x (log f(1) - log f(0))``, i.e. ``x (N, D)`` against the differences, plus the
+        states 0 as an offset (when the table is finite, so that no ``0 * inf`` arises). Gaussian leaves:
+        ``(N, D, R, I)`` log-densities summed per region.
         """
         missing = torch.isnan(x)
-        filled = torch.where(missing, torch.zeros_like(x), x)
         reps, regions, num_in = self.region_membership.shape[1], self.region_membership.shape[2], self.config.num_input
         if table is not None:
             card = table.shape[1]
-            onehot = F.one_hot(filled.long(), card).to(x.dtype).masked_fill(missing.unsqueeze(2), 0.0)
             blocks = table.unsqueeze(3) * self.region_membership[:, None, :, :, None]  # (D, C, R, L, I)
-            product = onehot.reshape(len(x), -1) @ blocks.reshape(-1, reps * regions * num_in)
+            blocks = blocks.reshape(len(table), card, reps * regions * num_in)
+            data_missing = missing[:-1] if partition_row else missing
+            if card == 2 and not bool(data_missing.any()) and bool(torch.isfinite(table).all()):
+                filled = torch.nan_to_num(x, nan=0.0) if partition_row else x
+                product = torch.addmm(blocks[:, 0].sum(0), filled, blocks[:, 1] - blocks[:, 0])
+                if partition_row:
+                    product[-1] = 0.0  # every variable missing: log 1
+                return product.view(len(x), reps, regions, num_in)
+            filled = torch.where(missing, torch.zeros_like(x), x)
+            onehot = F.one_hot(filled.long(), card).to(x.dtype).masked_fill(missing.unsqueeze(2), 0.0)
+            product = onehot.reshape(len(x), -1) @ blocks.reshape(-1, blocks.shape[2])
             return product.view(len(x), reps, regions, num_in)
+        filled = torch.where(missing, torch.zeros_like(x), x)
         densities = gaussian_log_density(filled[:, :, None, None], self.mean, self.log_std)
         densities = densities.masked_fill(missing[:, :, None, None], 0.0)
         return torch.einsum("ndri,drl->nrli", densities, self.region_membership)
 
     def _evaluate(self, data: EncodedData, use_compact: bool = False) -> torch.Tensor:
-        return self._root_values(data.values)
+        return self._root_values(data.values, partition_row=data.with_partition)
 
     def _root_values(self, x: torch.Tensor, regions: torch.Tensor | None = None,
-                  layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                  root_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Root log-values ``(N,)`` of checked data; EM passes its own leaf-region values and weights."""
+                     layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     root_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     partition_row: bool = False) -> torch.Tensor:
+        """Root log-values ``(N,)`` of checked data (``partition_row``: its last row is all missing); EM passes its
+        own leaf-region values and weights."""
         if regions is None:
-            regions = self._region_inputs(x, None if self.config.leaf == "gaussian" else self.leaf_log_table())
+            table = None if self.config.leaf == "gaussian" else self.leaf_log_table()
+            regions = self._region_inputs(x, table, partition_row)
         if layer_weights is None:
             layer_weights = [linear_weights(parameter, self.parametrisation) for parameter in self.sum_weights]
         if root_weights is None:
