@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from peers import CirkitRunner, Runner
+from peers import CirkitRunner, OverspnRunner, Runner
 
 from overspn.engine.hclt import HCLT, HCLTConfig
 
@@ -60,18 +60,11 @@ def overspn_hclt(shape: TreeShape, seed: int) -> HCLT:
     return HCLT(config, weights="softmax", dtype=torch.float32)
 
 
-class OverspnHCLTRunner(Runner):
-    name = "overspn"
+class OverspnHCLTRunner(OverspnRunner):
+    """overspn's HCLT; likelihood and partition function as for the RAT-SPN runner."""
 
     def build(self, shape: TreeShape, seed: int) -> torch.nn.Module:  # type: ignore[override]
         return overspn_hclt(shape, seed)
-
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.log_likelihood(x)
-
-    def log_partition(self) -> float:
-        with torch.no_grad():
-            return float(self.module.log_partition())
 
     @torch.no_grad()
     def set_factorised(self, p: np.ndarray) -> None:
