@@ -197,7 +197,7 @@ class SPNModule(nn.Module):
 
     def _encode_codes(self, codes: torch.Tensor, values: torch.Tensor, with_partition: bool) -> EncodedData:
         """Encoded data from checked ``values`` and their ``codes`` (missing and continuous entries = C)."""
-        return EncodedData(codes, values, None, with_partition)
+        return EncodedData(codes, values, 0, with_partition)
 
     def _encode_checked(self, values: torch.Tensor, with_partition: bool) -> EncodedData:
         codes = torch.nan_to_num(values, nan=float(self.cardinality)).long()

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from overspn.engine import compiled_structure, program, queries
@@ -169,10 +168,7 @@ class CompiledSPN(SPNModule):
     # -- data and evaluation ---------------------------------------------------------------------------------------
 
     def _encode_codes(self, codes: torch.Tensor, values: torch.Tensor, with_partition: bool) -> EncodedData:
-        onehot = None
-        if self.tabular is not None:
-            onehot = F.one_hot(codes, self.cardinality + 1).to(values.dtype).view(len(codes), -1)
-        return EncodedData(codes, values, onehot, with_partition)
+        return EncodedData(codes, values, self.cardinality + 1 if self.tabular is not None else 0, with_partition)
 
     def _evaluate(self, data: EncodedData, use_compact: bool = False, *, mode: str = "sum", generator: Any = None,
                   inputs_out: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -249,10 +245,7 @@ class CompiledSPN(SPNModule):
         if generic:
             return self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
         assert table is not None, "a tabular layer reads discrete inputs"
-        onehot, compact = data.onehot, data.compact if use_compact else None
-        if onehot is None:
-            onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(len(data.codes), -1)
-        return self.tabular(onehot, table, compact, data.with_partition, bias)
+        return self.tabular(data, table, use_compact, bias)
 
     def _write_flat(self, flat: torch.Tensor, index: int, output: torch.Tensor, node_major: bool = False) -> None:
         """Write an ``(N, width)`` output (``(width, N)`` when ``node_major``) into its block of ``flat``."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from overspn.errors import DataError
 
@@ -111,13 +112,14 @@ class EncodedData:
     """Data checked and encoded once for repeated evaluation (e.g. every step of full-batch training).
 
     ``codes`` ``(N, D)`` integer states with missing mapped to ``C``; ``values`` ``(N, D)`` floats (for continuous
-    leaves); ``onehot`` ``(N, D (C+1))`` when the model reads discrete data as a matrix; ``with_partition`` tells
+    leaves); ``onehot_width``: ``C + 1`` when the model reads discrete data as a matrix (0 when it does not), whose
+    one-hot form and compact form are computed from the codes when first asked for; ``with_partition`` tells
     whether the last row is the all-missing row of the partition function.
     """
 
     codes: torch.Tensor
     values: torch.Tensor
-    onehot: torch.Tensor | None
+    onehot_width: int
     with_partition: bool
 
     @property
@@ -130,22 +132,29 @@ class EncodedData:
         if self.with_partition:
             rows = torch.cat([rows.to(self.codes.device), torch.tensor([self.codes.shape[0] - 1],
                                                                        device=self.codes.device)])
-        onehot = None if self.onehot is None else self.onehot[rows]
-        return EncodedData(self.codes[rows], self.values[rows], onehot, self.with_partition)
+        return EncodedData(self.codes[rows], self.values[rows], self.onehot_width, self.with_partition)
+
+    @cached_property
+    def onehot(self) -> torch.Tensor | None:
+        """``(N, D (C+1))`` the one-hot form of the codes (None when the model reads no one-hot)."""
+        if not self.onehot_width:
+            return None
+        return F.one_hot(self.codes, self.onehot_width).to(self.values.dtype).view(len(self.codes), -1)
 
     @cached_property
     def compact(self) -> CompactOneHot | None:
-        """The compact form of the one-hot data rows (computed on first use, then kept)."""
-        if self.onehot is None or self.num_rows == 0:
+        """The compact form of the one-hot data rows, from the codes (computed on first use, then kept)."""
+        if not self.onehot_width or self.num_rows == 0:
             return None
-        data = self.onehot[: self.num_rows]
-        num_vars = self.codes.shape[1]
-        width = data.shape[1] // num_vars
-        variables = torch.arange(num_vars, device=data.device)
-        used = (data.amax(dim=0) > 0).view(num_vars, width)
+        codes = self.codes[: self.num_rows]
+        num_vars, width = codes.shape[1], self.onehot_width
+        variables = torch.arange(num_vars, device=codes.device)
+        slots = codes + variables * width  # each entry's column in the one-hot form
+        used = torch.bincount(slots.reshape(-1), minlength=num_vars * width).view(num_vars, width) > 0
         first = used.to(torch.uint8).argmax(dim=1)
         references = variables * width + first
         kept = used.clone()
         kept[variables, first] = False
         columns = kept.view(-1).nonzero().squeeze(1)
-        return CompactOneHot(data[:, columns].contiguous(), columns, references[columns // width], references)
+        values = (slots[:, columns // width] == columns).to(self.values.dtype)
+        return CompactOneHot(values, columns, references[columns // width], references)

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from overspn.engine.semiring import logsumexp
 from overspn.engine.weights import SumWeights
 
 if TYPE_CHECKING:
-    from overspn.engine.encoding import CompactOneHot
+    from overspn.engine.encoding import CompactOneHot, EncodedData
 
 __all__ = ["Gather", "ProductLayer", "SumLayer", "TabularProductLayer"]
 
@@ -207,11 +208,13 @@ class TabularProductLayer(nn.Module):
     def _flat_table(table: torch.Tensor) -> torch.Tensor:
         return torch.cat([table.reshape(-1), table.new_zeros(1)])
 
-    def forward(self, onehot: torch.Tensor, table: torch.Tensor, compact: CompactOneHot | None = None,
-                partition_row: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``(N, P)`` log-products; with ``compact`` (the data rows, without the partition row when there is one)
-        the narrower matrix product is used whenever the table is finite on the columns it keeps. ``bias``
-        ``(P,)``, added to every row: the log-weights of a sum over all the products, folded into the product."""
+    def forward(self, data: EncodedData, table: torch.Tensor, use_compact: bool = False,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, P)`` log-products of the rows of ``data``; with ``use_compact`` the narrower matrix product of
+        their compact one-hot form (the data rows, then the partition row when there is one) is used whenever the
+        table is finite on the columns it keeps, else the full one-hot form. ``bias`` ``(P,)``, added to every
+        row: the log-weights of a sum over all the products, folded into the product."""
+        compact, partition_row = data.compact if use_compact else None, data.with_partition
         if compact is not None:
             # every table entry the compact product reads, in one gather: kept columns, their references, every
             # variable's reference and (for the partition row) every variable's marginal
@@ -226,6 +229,9 @@ class TabularProductLayer(nn.Module):
                 if not partition_row:
                     return product
                 return torch.cat([product, partition.unsqueeze(0)])
+        onehot = data.onehot
+        if onehot is None:  # encoded by a model that reads no one-hot form
+            onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(len(data.codes), -1)
         matrix = self.matrix(table)
         impossible = torch.isinf(matrix)
         if not bool(impossible.any()):

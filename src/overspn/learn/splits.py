@@ -58,8 +58,7 @@ class EncodedSplit:
     def rows(self, indices: torch.Tensor) -> EncodedData:
         """The rows ``indices`` with the all-missing partition row kept at the end."""
         keep = torch.cat([indices, torch.tensor([self.data.codes.shape[0] - 1])])
-        onehot = None if self.data.onehot is None else self.data.onehot[keep]
-        return EncodedData(self.data.codes[keep], self.data.values[keep], onehot, True)
+        return EncodedData(self.data.codes[keep], self.data.values[keep], self.data.onehot_width, True)
 
 
 def _distinct_rows(model: Any, data: EncodedData, deduplicate: bool) -> tuple[EncodedData, torch.Tensor | None]:
