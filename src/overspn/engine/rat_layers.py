@@ -1,8 +1,9 @@
 """The tensor layers of a RAT-SPN above its leaves: one einsum-style layer per level of the region graph, mixing
 the cross products of sibling regions without forming them, and the root sum over the repetitions.
 
-Values stay in linear space between a per-region shift (log-space maxima) and a logarithm, so that every mixture is
-a matrix product; :class:`overspn.engine.rat.RatSPN` chains these layers (see :mod:`overspn.engine.rat`).
+Values stay in linear space from the leaves to the root, every region's rescaled by its largest entry with the log
+of the divisors carried alongside (:func:`to_linear`), so that every mixture is a matrix product;
+:class:`overspn.engine.rat.RatSPN` chains these layers (see :mod:`overspn.engine.rat`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ __all__ = ["einsum_layer", "root_layer", "to_linear"]
 
 
 class _Scratch(threading.local):
-    """Reusable CPU tensors for the largest temporary of a backward pass: one per shape, the most recently used
-    kept up to ``capacity_bytes`` in all (a larger temporary is allocated afresh every time, as any other).
+    """Reusable CPU tensors for the temporaries of a backward pass (the chunks of outer products of
+    :func:`_outer_gradients`): one per shape, the most recently used kept up to ``capacity_bytes`` in all (a larger
+    temporary is allocated afresh every time, as any other).
 
-    A fresh allocation of tens of megabytes is returned to the operating system when freed, so every step would
-    fault its pages in again: on the widest layers that costs as much as the arithmetic. Each thread has its own.
+    A fresh allocation of a megabyte or more is returned to the operating system when freed, so every step would
+    fault its pages in again, and a reused one stays in cache. Each thread has its own.
     """
 
     capacity_bytes = 256 * 2**20
