@@ -177,7 +177,8 @@ class RatSPN(SPNModule):
             layer_weights = [linear_weights(parameter, self.parametrisation) for parameter in self.sum_weights]
         if root_weights is None:
             root_weights = linear_weights(self.root_weights, self.parametrisation)
-        linear, log_scale = to_linear(regions)
+        # region-major (R, L, N, I) from here on: every region's block contiguous (see rat_layers)
+        linear, log_scale = to_linear(regions.permute(1, 2, 0, 3).contiguous())
         for shift, weights in layer_weights:
             shift_or_none = shift if self.parametrisation == "log" else None  # 0 for the other parametrisations
             linear, log_scale = einsum_layer(linear, log_scale, shift_or_none, weights)

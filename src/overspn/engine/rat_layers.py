@@ -49,41 +49,46 @@ _SCRATCH = _Scratch()
 
 
 class _Bilinear(torch.autograd.Function):
-    """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``.
+    """``mixed[b, n, k] = sum_ij left[b, n, i] w[b, k, i, j] right[b, n, j]`` for blocks ``b`` (regions), rows ``n``,
+    with ``left`` and ``right`` the two halves of ``pairs`` ``(B, 2, N, K)``.
 
     Forward: one batched matrix product ``right (N, K) @ w (K, K' K)`` per block, then a batched matrix-vector
     product with ``left``. Backward, by hand, touches the ``(N, K' K)`` intermediate as few times as possible: one
     outer product of the incoming gradient with ``left``, read by the two matrix products that give the gradients
     of ``right`` and ``w`` (on the CPU a few blocks at a time, see :func:`_outer_gradients`), and one
     matrix-vector product with the saved intermediate for ``left`` (autograd through the elementwise form makes
-    three more passes over tensors of that size)."""
+    three more passes over tensors of that size). The gradients of both halves are written into one tensor, so
+    that no slicing of the layer's input is differentiated."""
 
     @staticmethod
-    def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        blocks, rows, channels = left.shape
+    def forward(ctx: Any, pairs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        blocks, _, rows, channels = pairs.shape
         outputs = weights.shape[1]
+        # contiguous halves: the batched products are markedly slower on blocks that are not adjacent in memory
+        left, right = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
         partial = torch.bmm(right, weights.reshape(blocks, outputs * channels, channels).transpose(1, 2))
         # left (1, K) @ partial^T (K, K') per row: the row-vector form is several times faster than partial @ left
-        mixed = torch.bmm(left.reshape(blocks * rows, 1, channels),
+        mixed = torch.bmm(left.view(blocks * rows, 1, channels),
                           partial.view(blocks * rows, outputs, channels).transpose(1, 2))
         ctx.save_for_backward(left, right, weights, partial)
         return mixed.view(blocks, rows, outputs)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         left, right, weights, partial = ctx.saved_tensors
         blocks, rows, channels = left.shape
         outputs = weights.shape[1]
         flat_weights = weights.reshape(blocks, outputs * channels, channels)
+        grad = grad.contiguous()
         if grad.device.type == "cpu" and not torch.is_grad_enabled():  # (out= records no graph)
             grad_right, grad_weights = _outer_gradients(grad, left, right, flat_weights)
         else:
             outer = (grad.unsqueeze(3) * left.unsqueeze(2)).view(blocks, rows, outputs * channels)
             grad_right = torch.bmm(flat_weights.transpose(1, 2), outer.transpose(1, 2)).transpose(1, 2)
             grad_weights = torch.bmm(right.transpose(1, 2), outer)
-        grad_left = torch.bmm(grad.reshape(blocks * rows, 1, outputs),
-                              partial.view(blocks * rows, outputs, channels)).view(blocks, rows, channels)
-        return grad_left, grad_right, grad_weights.transpose(1, 2).reshape(weights.shape)
+        grad_left = torch.bmm(grad.view(blocks * rows, 1, outputs), partial.view(blocks * rows, outputs, channels))
+        grad_pairs = torch.stack([grad_left.view(blocks, rows, channels), grad_right], dim=1)
+        return grad_pairs, grad_weights.transpose(1, 2).reshape(weights.shape)
 
 
 #: bytes of outer product per chunk of blocks in the backward pass: about a core's L2 cache
@@ -123,57 +128,57 @@ def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rescaled(mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mixed`` (linear, >= 0) divided by its largest entry per row, and the log of that divisor (a row of zeros,
-    or one that overflowed, keeps divisor 1): the scaled form of :func:`to_linear` without leaving linear space."""
-    largest = mixed.detach().amax(dim=-1, keepdim=True)
-    largest = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
-    return mixed / largest, torch.log(largest)
+    """``mixed`` (linear, >= 0) divided by its sum per row, and the log of that divisor (a row of zeros, or one that
+    overflowed, keeps divisor 1): the scaled form of :func:`to_linear` without leaving linear space. The sum (a
+    matrix-vector product) bounds the entries like the largest one does, at a fraction of the cost of a maximum
+    over a short last axis."""
+    total = mixed.detach() @ mixed.new_ones((mixed.shape[-1], 1))
+    total = torch.where((total > 0) & torch.isfinite(total), total, torch.ones_like(total))
+    return mixed / total, torch.log(total)
 
 
 def einsum_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor | None,
                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross products of sibling regions mixed by the sums of their parent: ``(N, R, L, K) -> (N, R, L/2, K')``,
-    on values in the scaled linear form of :func:`to_linear` (in and out).
+    """Cross products of sibling regions mixed by the sums of their parent: ``(R, L, N, K) -> (R, L/2, N, K')``,
+    on values in the scaled linear form of :func:`to_linear` (in and out), region-major so that every region's
+    ``(N, K)`` block is contiguous and the layer's output is the next layer's input without copies.
 
     log sum_ij w_kij exp(a_i + b_j) = s_a + s_b + log sum_i exp(a_i - s_a) sum_j w_kij exp(b_j - s_b): the values
-    stay in linear space from layer to layer, rescaled per region by their largest entry (one pass) instead of a
-    logarithm and an exponential per layer. The mixing never forms the ``(N, K K)`` cross products: per region one
-    batched matrix product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the weights and a batched
+    stay in linear space from layer to layer, rescaled per region and row (one pass) instead of a logarithm and an
+    exponential per layer. The mixing never forms the ``(N, K K)`` cross products: per region one batched matrix
+    product ``(N, K) @ (K, K' K)`` contracts the right child's inputs with the weights and a batched
     matrix-vector product with the left child's inputs finishes the bilinear form, with a hand-written backward
     (:class:`_Bilinear`); the same multiplications as cross products followed by ``(N, K K) @ (K K, K')``, with
     fewer passes over tensors of that size (see benchmarks/README.md). ``weights`` ``(R, L/2, K', K K)`` (index
     ``i K + j``, i of the left child) are the actual weights divided by exp(``shift``) ``(R, L/2, K', 1)``; None
     when that is 0.
     """
-    left, right = linear[:, :, 0::2], linear[:, :, 1::2]
-    rows, reps, regions, channels = left.shape
+    reps, regions, rows, channels = linear.shape
     outputs = weights.shape[2]
-    blocks = reps * regions
-    # region-major (R L/2, N, K) operands, so that the batched products need no copies of their large results
-    left = left.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    right = right.permute(1, 2, 0, 3).reshape(blocks, rows, channels)
-    mixed = _Bilinear.apply(left, right, weights.reshape(blocks, outputs, channels, channels))
-    mixed = mixed.view(reps, regions, rows, outputs).permute(2, 0, 1, 3)
-    scale = log_scale[:, :, 0::2] + log_scale[:, :, 1::2]
+    blocks = reps * regions // 2
+    pairs = linear.reshape(blocks, 2, rows, channels)  # siblings 2l and 2l + 1 are adjacent
+    mixed = _Bilinear.apply(pairs, weights.reshape(blocks, outputs, channels, channels))
+    mixed = mixed.view(reps, regions // 2, rows, outputs)
+    scale = log_scale[:, 0::2] + log_scale[:, 1::2]
     if shift is not None:  # per-sum shifts: the largest into the scale, the rest (<= 0) into the linear values
         largest_shift = shift.amax(dim=(2, 3), keepdim=True)
-        mixed = mixed * torch.exp(shift - largest_shift).squeeze(-1)
-        scale = scale + largest_shift.squeeze(-1)
+        mixed = mixed * torch.exp(shift - largest_shift).transpose(2, 3)
+        scale = scale + largest_shift
     rescaled, divisor = _rescaled(mixed)
     return rescaled, scale + divisor
 
 
 def root_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor,
                weights: torch.Tensor) -> torch.Tensor:
-    """The root sum over the cross products of the two top regions of every repetition: ``(N, R, 2, K) -> (N,)``,
+    """The root sum over the cross products of the two top regions of every repetition: ``(R, 2, N, K) -> (N,)``,
     from the scaled linear form of :func:`einsum_layer`.
 
     Per repetition the mixture is a bilinear form, sum_ij w_rij exp(a_ri) exp(b_rj), evaluated in linear space
     (one batched matrix product); the repetitions are then combined by log-sum-exp. ``weights`` ``(R K K,)`` are the
     actual weights divided by exp(``shift``).
     """
-    left, right = linear[:, :, 0], linear[:, :, 1]  # (N, R, K)
+    left, right = linear[:, 0], linear[:, 1]  # (R, N, K)
     channels = left.shape[2]
-    bilinear = torch.einsum("nri,rij->nrj", left, weights.view(-1, channels, channels))
-    per_repetition = torch.log((bilinear * right).sum(dim=2)) + (log_scale[:, :, 0] + log_scale[:, :, 1]).squeeze(2)
-    return logsumexp(per_repetition, dim=1) + shift
+    bilinear = torch.bmm(left, weights.view(-1, channels, channels))
+    per_repetition = torch.log((bilinear * right).sum(dim=2)) + (log_scale[:, 0] + log_scale[:, 1]).squeeze(2)
+    return logsumexp(per_repetition, dim=0) + shift
