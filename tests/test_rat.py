@@ -241,3 +241,29 @@ def test_initialisation_from_data_in_groups_equals_one_pass(leaf: str, monkeypat
     grouped.initialise_from_data(data, seed=5)
     for key, value in one_pass.state_dict().items():
         assert torch.equal(value, grouped.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical"])
+@pytest.mark.parametrize("missing", [0.0, 0.3])
+def test_both_orientations_of_the_leaf_product_equal_the_generic_path(leaf: str, missing: float,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leaf regions' product is taken row-major from ROW_MAJOR_MIN_INPUTS inputs on and transposed below: both
+    give the generic engine's values (with the partition row) and the same gradients."""
+    model = RatSPN(RatConfig(9, 2, 3, 3, 4, leaf, 3, seed=2), "raw", dtype=torch.float64)
+    _perturb_weights(model, seed=4)
+    x = torch.from_numpy(_random_data(leaf, 2 if leaf == "bernoulli" else 3, 20, 9, seed=5, missing=missing))
+    expected = model.to_compiled(fast=False).log_likelihood(x)
+    results = []
+    name = "logit" if leaf == "bernoulli" else "logits"
+    for threshold in (0, 10**9):  # every width row-major, then none
+        monkeypatch.setattr("overspn.engine.rat_layers.ROW_MAJOR_MIN_INPUTS", threshold)
+        model.zero_grad()
+        values = model.log_likelihood(x)
+        values.sum().backward()
+        torch.testing.assert_close(values.detach(), expected, rtol=0, atol=1e-10)
+        results.append([p.grad.clone() for p in model.parameters()])
+        inputs = getattr(model, name).detach().clone().requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda t: torch.func.functional_call(model, {name: t}, (x,)), (inputs,), eps=1e-6, atol=1e-6)
+    for row_major, transposed in zip(*results):
+        torch.testing.assert_close(row_major, transposed, rtol=1e-10, atol=1e-12)

@@ -6,10 +6,11 @@ distributions (a product of univariate leaves, one per variable of the region); 
 ``num_sums`` sum nodes, each a mixture over all products of one input of its left and one of its right child region
 (the cross product). The root is one sum over the products of the top split of every repetition.
 
-:class:`RatSPN` evaluates this structure with tensors shaped ``(batch, repetitions, regions, channels)``: a leaf
-layer (for discrete leaves one matrix product of the one-hot data with the regions' log-probability tables, for
-Gaussian leaves per-variable log-densities summed per region), then one "einsum" layer per level that forms the
-cross products and mixes them in a single batched matrix product. Memory stays that of one level at a time.
+:class:`RatSPN` evaluates this structure with region-major tensors ``(repetitions, regions, batch, channels)``: a
+leaf layer (for discrete leaves one batched matrix product of each region's one-hot data columns with its
+variables' log-probabilities, for Gaussian leaves per-variable log-densities summed per region), then one "einsum"
+layer per level that mixes the cross products of sibling regions without forming them (batched matrix products,
+in linear space; see :mod:`overspn.engine.rat_layers`). Memory stays that of one level at a time.
 :meth:`RatSPN.to_structure` returns the same network as symbolic nodes, so :func:`overspn.compile` evaluates it
 with the generic engine (and :func:`overspn.save` stores it); :func:`rat_spn` builds that symbolic structure
 directly.
@@ -28,7 +29,7 @@ from torch import nn
 from overspn.engine.base import SPNModule, layout_from_file
 from overspn.engine.encoding import EncodedData
 from overspn.engine.rat_config import LEAF_KINDS, RatConfig, region_graph
-from overspn.engine.rat_layers import einsum_layer, root_layer, to_linear
+from overspn.engine.rat_layers import einsum_layer, region_products, region_slots, root_layer, to_linear
 from overspn.engine.semiring import gaussian_log_density
 from overspn.engine.weights import (
     DEFAULT_FLOOR,
@@ -60,6 +61,7 @@ class RatSPN(SPNModule):
     kind = "rat"
     supports_em = True
     region_membership: torch.Tensor
+    region_slots: torch.Tensor
 
     def __init__(self, config: RatConfig, weights: str = "softmax", *, floor: float = DEFAULT_FLOOR,
                  dtype: torch.dtype = torch.float32):
@@ -73,6 +75,7 @@ class RatSPN(SPNModule):
 
         self.regions, membership = region_graph(config, rng)
         self.register_buffer("region_membership", torch.from_numpy(membership).to(dtype), persistent=False)
+        self.register_buffer("region_slots", region_slots(self.regions), persistent=False)
 
         # input distributions, one per (variable, repetition, input)
         shape = (num_vars, reps, num_in)
@@ -128,48 +131,50 @@ class RatSPN(SPNModule):
             return torch.stack([F.logsigmoid(-self.logit), F.logsigmoid(self.logit)], dim=1)
         return torch.log_softmax(self.logits, dim=-1).permute(0, 3, 1, 2)
 
-    def _region_inputs(self, x: torch.Tensor, table: torch.Tensor | None, partition_row: bool = False) -> torch.Tensor:
-        """``(N, R, L, I)``: each leaf region's factorised inputs, the sum of its variables' log-densities
-        (``partition_row``: the last row of ``x`` is the all-missing row of the partition function).
+    def _region_inputs(self, x: torch.Tensor, table: torch.Tensor | None,
+                       partition_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each leaf region's factorised inputs, the sum of its variables' log-densities, in the scaled linear form
+        of :func:`to_linear`, region-major ``(R, L, N, I)`` (``partition_row``: the last row of ``x`` is the
+        all-missing row of the partition function).
 
-        Discrete leaves: one matrix product ``onehot(x) (N, D C) @ table (D C, R L I)``, where the table holds each
-        variable's log-probabilities in the block of its region and zeros elsewhere; a missing value has an all-zero
-        one-hot row, i.e. contributes log 1. Binary data without missing values takes half of that product:
-        ``log f(x) = log f(0) + x (log f(1) - log f(0))``, i.e. ``x (N, D)`` against the differences, plus the
-        states 0 as an offset (when the table is finite, so that no ``0 * inf`` arises). Gaussian leaves:
-        ``(N, D, R, I)`` log-densities summed per region.
+        Discrete leaves: per region, the one-hot columns of its variables times their log-probabilities
+        (:func:`region_products`); a missing value has an all-zero one-hot row, i.e. contributes log 1. Binary data
+        without missing values takes half of that product: ``log f(x) = log f(0) + x (log f(1) - log f(0))``, i.e.
+        ``x`` against the differences, plus the states 0 as an offset (when the table is finite, so that no
+        ``0 * inf`` arises). Gaussian leaves: see :meth:`_gaussian_region_values`.
         """
+        if table is None:
+            return to_linear(self._gaussian_region_values(x))
         missing = torch.isnan(x)
-        reps, regions, num_in = self.region_membership.shape[1], self.region_membership.shape[2], self.config.num_input
-        if table is not None:
-            card = table.shape[1]
-            blocks = table.unsqueeze(3) * self.region_membership[:, None, :, :, None]  # (D, C, R, L, I)
-            blocks = blocks.reshape(len(table), card, reps * regions * num_in)
-            data_missing = missing[:-1] if partition_row else missing
-            if card == 2 and not bool(data_missing.any()) and bool(torch.isfinite(table).all()):
-                filled = torch.nan_to_num(x, nan=0.0) if partition_row else x
-                product = torch.addmm(blocks[:, 0].sum(0), filled, blocks[:, 1] - blocks[:, 0])
-                if partition_row:
-                    product[-1] = 0.0  # every variable missing: log 1
-                return product.view(len(x), reps, regions, num_in)
-            filled = torch.where(missing, torch.zeros_like(x), x)
-            onehot = F.one_hot(filled.long(), card).to(x.dtype).masked_fill(missing.unsqueeze(2), 0.0)
-            product = onehot.reshape(len(x), -1) @ blocks.reshape(-1, blocks.shape[2])
-            return product.view(len(x), reps, regions, num_in)
+        card = table.shape[1]
+        data_missing = missing[:-1] if partition_row else missing
+        if card == 2 and not bool(data_missing.any()) and bool(torch.isfinite(table).all()):
+            offset = torch.einsum("dri,drl->rli", table[:, 0], self.region_membership)
+            filled = torch.nan_to_num(x, nan=0.0) if partition_row else x
+            return region_products(filled, table[:, 1] - table[:, 0], self.region_slots, 1, offset, partition_row)
+        filled = torch.where(missing, torch.zeros_like(x), x)
+        onehot = F.one_hot(filled.long(), card).to(x.dtype).masked_fill(missing.unsqueeze(2), 0.0)
+        rows = table.reshape(len(table) * card, *table.shape[2:])
+        return region_products(onehot.view(len(x), -1), rows, self.region_slots, card)
+
+    def _gaussian_region_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian leaves: ``(R, L, N, I)`` log-values of the leaf regions, the ``(N, D, R, I)`` log-densities
+        summed per region (0 for a missing value)."""
+        missing = torch.isnan(x)
         filled = torch.where(missing, torch.zeros_like(x), x)
         densities = gaussian_log_density(filled[:, :, None, None], self.mean, self.log_std)
         densities = densities.masked_fill(missing[:, :, None, None], 0.0)
-        return torch.einsum("ndri,drl->nrli", densities, self.region_membership)
+        return torch.einsum("ndri,drl->rlni", densities, self.region_membership).contiguous()
 
     def _evaluate(self, data: EncodedData, use_compact: bool = False) -> torch.Tensor:
         return self._root_values(data.values, partition_row=data.with_partition)
 
-    def _root_values(self, x: torch.Tensor, regions: torch.Tensor | None = None,
+    def _root_values(self, x: torch.Tensor, regions: tuple[torch.Tensor, torch.Tensor] | None = None,
                      layer_weights: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                      root_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
                      partition_row: bool = False) -> torch.Tensor:
         """Root log-values ``(N,)`` of checked data (``partition_row``: its last row is all missing); EM passes its
-        own leaf-region values and weights."""
+        own leaf regions (scaled linear form, see :meth:`_region_inputs`) and weights."""
         if regions is None:
             table = None if self.config.leaf == "gaussian" else self.leaf_log_table()
             regions = self._region_inputs(x, table, partition_row)
@@ -177,8 +182,7 @@ class RatSPN(SPNModule):
             layer_weights = [linear_weights(parameter, self.parametrisation) for parameter in self.sum_weights]
         if root_weights is None:
             root_weights = linear_weights(self.root_weights, self.parametrisation)
-        # region-major (R, L, N, I) from here on: every region's block contiguous (see rat_layers)
-        linear, log_scale = to_linear(regions.permute(1, 2, 0, 3).contiguous())
+        linear, log_scale = regions
         for shift, weights in layer_weights:
             shift_or_none = shift if self.parametrisation == "log" else None  # 0 for the other parametrisations
             linear, log_scale = einsum_layer(linear, log_scale, shift_or_none, weights)
@@ -201,15 +205,15 @@ class RatSPN(SPNModule):
         # detached copies of the parameters as the leaves of the graph: their gradients are the expected counts
         with torch.no_grad():
             discrete = self.config.leaf != "gaussian"
-            leaf_input = self.leaf_log_table() if discrete else self._region_inputs(values, None)
+            leaf_input = self.leaf_log_table() if discrete else self._gaussian_region_values(values)
             weights = [torch.softmax(parameter, dim=-1) for parameter in self.sum_weights]
             root = torch.softmax(self.root_weights, dim=0)
         for tensor in [leaf_input, *weights, root]:
             tensor.requires_grad_()
         with torch.enable_grad():
-            regions = self._region_inputs(values, leaf_input) if discrete else leaf_input
+            regions = self._region_inputs(values, leaf_input) if discrete else to_linear(leaf_input)
             llh = self._root_values(values, regions, [(w.new_zeros(w.shape[:-1] + (1,)), w) for w in weights],
-                                 (root.new_zeros(1), root))
+                                    (root.new_zeros(1), root))
             mean = float(llh.detach().mean())
             if not math.isfinite(mean):
                 return mean
@@ -236,7 +240,7 @@ class RatSPN(SPNModule):
             missing = torch.isnan(x)
             filled = torch.where(missing, torch.zeros_like(x), x)
             # posterior of every (variable, repetition, input) for every row: that of the input's leaf region
-            posterior = torch.einsum("nrli,drl->ndri", grad, self.region_membership) * (~missing)[:, :, None, None]
+            posterior = torch.einsum("rlni,drl->ndri", grad, self.region_membership) * (~missing)[:, :, None, None]
             count = posterior.sum(dim=0) + pseudo_count
             std = torch.exp(self.log_std)
             first = (torch.einsum("ndri,nd->dri", posterior, filled) + pseudo_count * self.mean) / count

@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 
 from overspn.engine.semiring import finite_max, logsumexp
 
-__all__ = ["einsum_layer", "root_layer", "to_linear"]
+__all__ = ["einsum_layer", "region_products", "region_slots", "root_layer", "to_linear"]
 
 
 class _Scratch(threading.local):
@@ -118,6 +119,74 @@ def _outer_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor
         torch.bmm(weights_part, outer.transpose(1, 2), out=grad_right_part)
         torch.bmm(right_part, outer, out=grad_weights_part)
     return grad_right.transpose(1, 2), grad_weights
+
+
+def region_slots(regions: list[list[np.ndarray]]) -> torch.Tensor:
+    """``(R, L, S)``: the variables of leaf region l of repetition r (``regions[r][l]``), padded with -1 to the size
+    ``S`` of the largest region."""
+    size = max(len(region) for repetition in regions for region in repetition)
+    slots = np.full((len(regions), len(regions[0]), size), -1, dtype=np.int64)
+    for r, repetition in enumerate(regions):
+        for l, region in enumerate(repetition):  # noqa: E741
+            slots[r, l, :len(region)] = region
+    return torch.from_numpy(slots)
+
+
+#: from this many inputs per leaf region on, :func:`region_products` takes the product in the row-major
+#: orientation; below it, torch's batched product in that orientation is several times slower (measured on a
+#: 2-core AVX-512 CPU: 340 us for 5 inputs against 56 us transposed, 250 against 210 for 25 inputs)
+ROW_MAJOR_MIN_INPUTS = 12
+
+
+def region_products(design: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, width: int,
+                    offset: torch.Tensor | None = None,
+                    partition_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leaf regions' log-values in the scaled linear form of :func:`to_linear`, region-major ``(R, L, N, I)``:
+    for every region the sum over its variables' ``width`` columns (variable d: columns ``d width .. d width +
+    width - 1``) of ``design (N, D width) * rows (D width, R, I)``, plus ``offset`` ``(R, L, I)``
+    (``partition_row``: the last row of the design is the all-missing row, whose log-values are 0).
+
+    Each region reads only its own variables (``slots``, see :func:`region_slots`): one batched matrix product
+    over the ``R L`` regions, about ``L`` times fewer multiplications than the product of all columns with a
+    table that is zero outside each region. The largest entry per row comes from the product taken transposed,
+    ``(I, S width) @ (S width, N)``, where it is a reduction over an outer axis: several times faster on the CPU
+    than one over the short last axis of the values. The values themselves are the row-major product ``(N, S
+    width) @ (S width, I)`` from :data:`ROW_MAJOR_MIN_INPUTS` inputs on, and the transposed one's exponentials
+    transposed below that (a transposing copy costs more than the product from there on).
+    """
+    reps, regions, _ = slots.shape
+    samples, columns = design.shape
+    blocks = reps * regions
+    # column of every (region, slot, state); padding slots read an all-zero column appended to the design
+    index = slots.unsqueeze(-1) * width + torch.arange(width, device=slots.device)
+    index = torch.where(slots.unsqueeze(-1) < 0, columns, index).view(reps, regions, -1)
+    design_columns = torch.cat([design.T, design.new_zeros((1, samples))]).index_select(0, index.view(-1))
+    design_columns = design_columns.view(blocks, -1, samples)  # (B, S width, N)
+    padded_rows = torch.cat([rows, rows.new_zeros((1,) + rows.shape[1:])])
+    repetition = torch.arange(reps, device=slots.device).view(reps, 1, 1)
+    region_rows = padded_rows[index, repetition].view(blocks, -1, rows.shape[2])  # (B, S width, I)
+    row_major = rows.shape[2] >= ROW_MAJOR_MIN_INPUTS
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not row_major):
+        transposed = _product(region_rows.transpose(1, 2), design_columns, offset, blocks, -1, 1)  # (B, I, N)
+        if partition_row:
+            transposed[:, :, -1] = 0.0
+    largest = finite_max(transposed, dim=1)  # (B, 1, N)
+    if row_major:
+        values = _product(design_columns.transpose(1, 2), region_rows, offset, blocks, 1, -1)  # (B, N, I)
+        if partition_row:
+            values[:, -1] = 0.0
+        linear = torch.exp(values - largest.transpose(1, 2))
+    else:
+        linear = torch.exp(transposed - largest).transpose(1, 2).contiguous()
+    return linear.view(reps, regions, samples, -1), largest.view(reps, regions, samples, 1)
+
+
+def _product(first: torch.Tensor, second: torch.Tensor, offset: torch.Tensor | None, *offset_shape: int
+             ) -> torch.Tensor:
+    """``first @ second`` (batched), plus ``offset`` viewed as ``offset_shape`` when given."""
+    if offset is None:
+        return torch.bmm(first, second)
+    return torch.baddbmm(offset.view(*offset_shape), first, second)
 
 
 def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
