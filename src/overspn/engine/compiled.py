@@ -191,7 +191,12 @@ class CompiledSPN(SPNModule):
             root = self.layers[0]
             assert isinstance(root, SumLayer), "checked when built"
             bias = root.weights.log_weights().view(-1)
-            return logsumexp(self._tabular_values(data, outputs, None, table, generic, use_compact, bias), dim=1)
+            assert self.tabular is not None and table is not None, "checked when built"
+            rows, partition = self.tabular.rows_and_partition(data, table, use_compact, bias)
+            if partition is None:
+                return logsumexp(rows, dim=1)
+            # the partition row on its own: no copy of the (N, P) scores to append it
+            return torch.cat([logsumexp(rows, dim=1), logsumexp(partition.unsqueeze(0), dim=1)])
         flat = None
         if (self.flat_outputs and mode == "sum" and inputs_out is None and not torch.is_grad_enabled()
                 and len(self.layers)):

@@ -214,6 +214,13 @@ class TabularProductLayer(nn.Module):
         their compact one-hot form (the data rows, then the partition row when there is one) is used whenever the
         table is finite on the columns it keeps, else the full one-hot form. ``bias`` ``(P,)``, added to every
         row: the log-weights of a sum over all the products, folded into the product."""
+        rows, partition = self.rows_and_partition(data, table, use_compact, bias)
+        return rows if partition is None else torch.cat([rows, partition.unsqueeze(0)])
+
+    def rows_and_partition(self, data: EncodedData, table: torch.Tensor, use_compact: bool = False,
+                           bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`'s log-products with the partition row apart, ``(P,)``, where the compact product
+        computes it separately (None: every row of ``data``, the partition row included, is in the first)."""
         compact, partition_row = data.compact if use_compact else None, data.with_partition
         if compact is not None:
             # every table entry the compact product reads, in one gather: kept columns, their references, every
@@ -226,9 +233,7 @@ class TabularProductLayer(nn.Module):
                 if bias is not None:
                     offset, partition = offset + bias, partition + bias
                 product = torch.addmm(offset, compact.values, (kept - kept_references).T)
-                if not partition_row:
-                    return product
-                return torch.cat([product, partition.unsqueeze(0)])
+                return product, partition if partition_row else None
         onehot = data.onehot
         if onehot is None:  # encoded by a model that reads no one-hot form
             onehot = F.one_hot(data.codes, self.cardinality + 1).to(table.dtype).view(len(data.codes), -1)
@@ -241,4 +246,4 @@ class TabularProductLayer(nn.Module):
             finite = torch.where(impossible, torch.zeros_like(matrix), matrix)
             hits = onehot @ impossible.to(onehot.dtype)
             product = (onehot @ finite).masked_fill(hits > 0, -math.inf)
-        return product if bias is None else product + bias
+        return (product if bias is None else product + bias), None
