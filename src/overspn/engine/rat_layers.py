@@ -1,9 +1,11 @@
-"""The tensor layers of a RAT-SPN above its leaves: one einsum-style layer per level of the region graph, mixing
-the cross products of sibling regions without forming them, and the root sum over the repetitions.
+"""The tensor layers of a RAT-SPN: the leaf regions' products (:func:`region_products`), one einsum-style layer per
+level of the region graph, mixing the cross products of sibling regions without forming them, and the root sum over
+the repetitions.
 
-Values stay in linear space from the leaves to the root, every region's rescaled by its largest entry with the log
-of the divisors carried alongside (:func:`to_linear`), so that every mixture is a matrix product;
-:class:`overspn.engine.rat.RatSPN` chains these layers (see :mod:`overspn.engine.rat`).
+Values are region-major, ``(repetitions, regions, batch, channels)``, and stay in linear space from the leaves to the
+root, every row rescaled (by its largest entry at the leaves, by its sum above) with the log of the divisors carried
+alongside (:func:`to_linear`), so that every mixture is a matrix product; :class:`overspn.engine.rat.RatSPN` chains
+these layers (see :mod:`overspn.engine.rat`).
 """
 
 from __future__ import annotations
