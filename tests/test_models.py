@@ -121,6 +121,20 @@ def test_data_follows_the_model_dtype_and_device() -> None:
     assert values.dtype == torch.float32 and values.device == model.device
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_type_casts_only_the_floating_point_state(kind: str) -> None:
+    """``model.type(dtype)`` works like ``.to(dtype)``: the integer index buffers keep their type."""
+    model, data = make_model(kind, "bernoulli", "raw"), make_data("bernoulli")
+    expected = model.log_likelihood(data).detach()
+    single = model.type(torch.float32)
+    assert single is model and model.dtype == torch.float32
+    torch.testing.assert_close(model.log_likelihood(data).double(), expected, rtol=0, atol=1e-4)
+    model.type("torch.DoubleTensor")
+    torch.testing.assert_close(model.log_likelihood(data), expected, rtol=0, atol=1e-6)
+    with pytest.raises(osp.ConfigurationError, match="floating point"):
+        model.type(torch.int64)
+
+
 @pytest.mark.parametrize(("kind", "leaf", "weights"), GRID)
 def test_every_model_trains_with_fit(kind: str, leaf: str, weights: str) -> None:
     model = make_model(kind, leaf, weights)

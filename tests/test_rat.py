@@ -267,3 +267,49 @@ def test_both_orientations_of_the_leaf_product_equal_the_generic_path(leaf: str,
             lambda t: torch.func.functional_call(model, {name: t}, (x,)), (inputs,), eps=1e-6, atol=1e-6)
     for row_major, transposed in zip(*results):
         torch.testing.assert_close(row_major, transposed, rtol=1e-10, atol=1e-12)
+
+
+def test_mixing_layer_gradients_can_be_differentiated_again() -> None:
+    """The hand-written backward of the mixing layer records its own graph when asked to (create_graph)."""
+    from overspn.engine.rat_layers import _Bilinear
+
+    generator = torch.Generator().manual_seed(0)
+    pairs = torch.rand(3, 2, 4, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    weights = torch.rand(3, 2, 3, 3, dtype=torch.float64, generator=generator).requires_grad_()
+    assert torch.autograd.gradcheck(_Bilinear.apply, (pairs, weights))
+    assert torch.autograd.gradgradcheck(_Bilinear.apply, (pairs, weights))
+
+
+@pytest.mark.parametrize("num_input", [2, 12])
+def test_a_state_of_probability_zero_gives_minus_inf_never_nan(num_input: int) -> None:
+    """A leaf with probability 0 for a state (log -inf in its table) makes the rows with that state -inf and leaves
+    the others as they are with a tiny finite probability instead, in both orientations of the leaf product."""
+    model = RatSPN(RatConfig(6, 1, 2, 2, num_input, "categorical", 3, seed=1), "softmax", dtype=torch.float64)
+    tiny = RatSPN(RatConfig(6, 1, 2, 2, num_input, "categorical", 3, seed=1), "softmax", dtype=torch.float64)
+    with torch.no_grad():
+        model.logits[0, :, :, 2] = -math.inf  # variable 0 never takes state 2, under any input
+        tiny.logits[0, :, :, 2] = -1e30
+    x = _random_data("categorical", 3, 30, 6, seed=2, missing=0.2)
+    x[0, 0], x[1, 0], x[2, 0] = 2.0, 1.0, np.nan
+    got, reference = model.log_likelihood(x), tiny.log_likelihood(x)
+    hit = torch.from_numpy(x[:, 0] == 2)
+    assert bool(hit.any()) and bool((~hit).any())
+    assert bool(torch.isneginf(got[hit]).all()) and bool((reference[hit] < -1e29).all())
+    torch.testing.assert_close(got[~hit], reference[~hit], rtol=0, atol=1e-10)
+    got[~hit].sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("leaf", ["bernoulli", "categorical"])
+def test_em_steps_agree_in_both_orientations_of_the_leaf_product(leaf: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = RatConfig(9, 2, 3, 3, 4, leaf, 3, seed=3)
+    x = _random_data(leaf, 2 if leaf == "bernoulli" else 3, 40, 9, seed=6, missing=0.1)
+    states = []
+    for threshold in (0, 10**9):
+        monkeypatch.setattr("overspn.engine.rat_layers.ROW_MAJOR_MIN_INPUTS", threshold)
+        model = RatSPN(config, "softmax", dtype=torch.float64)
+        llh = [model.em_step(x, step_size=0.5) for _ in range(3)]
+        assert llh[2] >= llh[0]
+        states.append(model.state_dict())
+    for name, value in states[0].items():
+        torch.testing.assert_close(value, states[1][name], rtol=1e-10, atol=1e-12)

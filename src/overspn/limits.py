@@ -269,9 +269,9 @@ def _rat(header: dict[str, Any], itemsize: int) -> Estimate | None:
     terms.add(parameters * itemsize * 4, f"{parameters} parameters")
     terms.add(num_vars * reps * regions * (8 + itemsize),
               f"the region graph: {num_vars} variables x {reps} repetitions x {regions} regions")
-    terms.add(num_vars * max(card, 1) * reps * regions * inputs * itemsize * 3,
-              f"the input layer: {num_vars} variables x {max(card, 1)} states x {reps} repetitions x {regions} "
-              f"regions x {inputs} inputs")
+    terms.add(num_vars * max(card, 1) * reps * inputs * itemsize * 3,
+              f"the input layer: {num_vars} variables x {max(card, 1)} states x {reps} repetitions x {inputs} "
+              "inputs")
     return terms.estimate(parameters)
 
 

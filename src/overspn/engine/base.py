@@ -243,6 +243,14 @@ class SPNModule(nn.Module):
         self.clear_encoding_cache()
         return super()._apply(*args, **kwargs)
 
+    def type(self, dst_type: torch.dtype | str) -> Any:
+        """Cast the floating-point parameters and buffers to ``dst_type``, as ``.to(dtype)`` does (torch's
+        ``Module.type`` would also cast the integer index buffers, which must stay integers)."""
+        dtype = torch.empty(0).type(dst_type).dtype
+        if not dtype.is_floating_point:
+            raise ConfigurationError(f"a model computes in floating point; cannot cast it to {dtype}")
+        return self.to(dtype)
+
     # -- evaluation ----------------------------------------------------------------------------------------------
 
     def _data_for(self, x: Any) -> EncodedData:

@@ -243,14 +243,13 @@ class CompiledSPN(SPNModule):
         return outputs
 
     def _tabular_values(self, data: EncodedData, outputs: list[torch.Tensor], flat: torch.Tensor | None,
-                        table: torch.Tensor | None, generic: bool, use_compact: bool,
-                        bias: torch.Tensor | None = None) -> torch.Tensor:
+                        table: torch.Tensor | None, generic: bool, use_compact: bool) -> torch.Tensor:
         """Output 2, ``(N, tabular products)``: gathered from the inputs (generic), else one matrix product."""
         assert self.tabular is not None, "called only for a program with tabular products"
         if generic:
             return self.tabular.generic(outputs) if flat is None else self.tabular.generic(flat).T
         assert table is not None, "a tabular layer reads discrete inputs"
-        return self.tabular(data, table, use_compact, bias)
+        return self.tabular(data, table, use_compact)
 
     def _write_flat(self, flat: torch.Tensor, index: int, output: torch.Tensor, node_major: bool = False) -> None:
         """Write an ``(N, width)`` output (``(width, N)`` when ``node_major``) into its block of ``flat``."""

@@ -208,19 +208,19 @@ class TabularProductLayer(nn.Module):
     def _flat_table(table: torch.Tensor) -> torch.Tensor:
         return torch.cat([table.reshape(-1), table.new_zeros(1)])
 
-    def forward(self, data: EncodedData, table: torch.Tensor, use_compact: bool = False,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, data: EncodedData, table: torch.Tensor, use_compact: bool = False) -> torch.Tensor:
         """``(N, P)`` log-products of the rows of ``data``; with ``use_compact`` the narrower matrix product of
         their compact one-hot form (the data rows, then the partition row when there is one) is used whenever the
-        table is finite on the columns it keeps, else the full one-hot form. ``bias`` ``(P,)``, added to every
-        row: the log-weights of a sum over all the products, folded into the product."""
-        rows, partition = self.rows_and_partition(data, table, use_compact, bias)
+        table is finite on the columns it keeps, else the full one-hot form."""
+        rows, partition = self.rows_and_partition(data, table, use_compact)
         return rows if partition is None else torch.cat([rows, partition.unsqueeze(0)])
 
     def rows_and_partition(self, data: EncodedData, table: torch.Tensor, use_compact: bool = False,
                            bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`forward`'s log-products with the partition row apart, ``(P,)``, where the compact product
-        computes it separately (None: every row of ``data``, the partition row included, is in the first)."""
+        computes it separately (None: every row of ``data``, the partition row included, is in the first).
+        ``bias`` ``(P,)``, added to every row: the log-weights of a sum over all the products, folded into the
+        product."""
         compact, partition_row = data.compact if use_compact else None, data.with_partition
         if compact is not None:
             # every table entry the compact product reads, in one gather: kept columns, their references, every

@@ -10,13 +10,14 @@ these layers (see :mod:`overspn.engine.rat`).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
 import numpy as np
 import torch
 
-from overspn.engine.semiring import finite_max, logsumexp
+from overspn.engine.semiring import finite_max, log_or_minus_inf, logsumexp
 
 __all__ = ["einsum_layer", "region_products", "region_slots", "root_layer", "to_linear"]
 
@@ -73,16 +74,19 @@ class _Bilinear(torch.autograd.Function):
         # left (1, K) @ partial^T (K, K') per row: the row-vector form is several times faster than partial @ left
         mixed = torch.bmm(left.view(blocks * rows, 1, channels),
                           partial.view(blocks * rows, outputs, channels).transpose(1, 2))
-        ctx.save_for_backward(left, right, weights, partial)
+        ctx.save_for_backward(pairs, weights, partial)
         return mixed.view(blocks, rows, outputs)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        left, right, weights, partial = ctx.saved_tensors
-        blocks, rows, channels = left.shape
+        pairs, weights, partial = ctx.saved_tensors
+        blocks, _, rows, channels = pairs.shape
         outputs = weights.shape[1]
         flat_weights = weights.reshape(blocks, outputs * channels, channels)
         grad = grad.contiguous()
+        left, right = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+        if torch.is_grad_enabled():  # the gradient's graph is recorded (double backward): all from the inputs
+            partial = torch.bmm(right, flat_weights.transpose(1, 2))
         if grad.device.type == "cpu" and not torch.is_grad_enabled():  # (out= records no graph)
             grad_right, grad_weights = _outer_gradients(grad, left, right, flat_weights)
         else:
@@ -140,21 +144,63 @@ def region_slots(regions: list[list[np.ndarray]]) -> torch.Tensor:
 ROW_MAJOR_MIN_INPUTS = 12
 
 
+class _RegionProduct(torch.autograd.Function):
+    """``rows (B, I, S W) @ columns (B, S W, N)`` (+ ``offset`` ``(B, I)``), or with ``row_major`` the same product
+    transposed, ``(B, N, I)``; ``columns`` are the rows ``index`` of ``design_t`` ``(D W + 1, N)``, each region's
+    data columns.
+
+    The gathered columns hold the data once per repetition; they are not kept for the backward pass but gathered
+    again there (the product is linear in ``rows``: its gradient needs only them and the incoming gradient, so it
+    can also be differentiated again). ``design_t`` is data: it gets no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, design_t: torch.Tensor, index: torch.Tensor,
+                offset: torch.Tensor | None, row_major: bool) -> torch.Tensor:
+        columns = _gathered(design_t, index, len(rows))
+        ctx.save_for_backward(design_t, index)
+        ctx.row_major, ctx.with_offset = row_major, offset is not None
+        if row_major:
+            first, second = columns.transpose(1, 2), rows.transpose(1, 2)
+            offset = None if offset is None else offset.unsqueeze(1)
+        else:
+            first, second = rows, columns
+            offset = None if offset is None else offset.unsqueeze(2)
+        return torch.bmm(first, second) if offset is None else torch.baddbmm(offset, first, second)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, torch.Tensor | None, None]:
+        design_t, index = ctx.saved_tensors
+        columns = _gathered(design_t, index, len(grad))
+        if ctx.row_major:  # grad (B, N, I): columns @ grad, transposed (several times faster than grad^T @ columns^T)
+            grad_rows = torch.bmm(columns, grad).transpose(1, 2)
+            grad_offset = grad.sum(dim=1) if ctx.with_offset else None
+        else:  # grad (B, I, N)
+            grad_rows = torch.bmm(grad, columns.transpose(1, 2))
+            grad_offset = grad.sum(dim=2) if ctx.with_offset else None
+        return grad_rows, None, None, grad_offset, None
+
+
+def _gathered(design_t: torch.Tensor, index: torch.Tensor, blocks: int) -> torch.Tensor:
+    return design_t.index_select(0, index).view(blocks, -1, design_t.shape[1])
+
+
 def region_products(design: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, width: int,
                     offset: torch.Tensor | None = None,
                     partition_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The leaf regions' log-values in the scaled linear form of :func:`to_linear`, region-major ``(R, L, N, I)``:
-    for every region the sum over its variables' ``width`` columns (variable d: columns ``d width .. d width +
-    width - 1``) of ``design (N, D width) * rows (D width, R, I)``, plus ``offset`` ``(R, L, I)``
-    (``partition_row``: the last row of the design is the all-missing row, whose log-values are 0).
+    """The leaf regions' log-values as ``(linear, log_scale)``, region-major ``(R, L, N, I)`` and ``(R, L, N, 1)``,
+    ``linear`` of largest entry (about) 1 per row: for every region the sum over its variables' ``width`` columns
+    (variable d: columns ``d width .. d width + width - 1``) of ``design (N, D width) * rows (D width, R, I)``, plus
+    ``offset`` ``(R, L, I)`` (``partition_row``: the last row of the design is the all-missing row, whose log-values
+    are 0). A -inf entry of ``rows`` (a state of probability 0) gives -inf where it is read, never NaN.
 
     Each region reads only its own variables (``slots``, see :func:`region_slots`): one batched matrix product
     over the ``R L`` regions, about ``L`` times fewer multiplications than the product of all columns with a
     table that is zero outside each region. The largest entry per row comes from the product taken transposed,
     ``(I, S width) @ (S width, N)``, where it is a reduction over an outer axis: several times faster on the CPU
     than one over the short last axis of the values. The values themselves are the row-major product ``(N, S
-    width) @ (S width, I)`` from :data:`ROW_MAJOR_MIN_INPUTS` inputs on, and the transposed one's exponentials
-    transposed below that (a transposing copy costs more than the product from there on).
+    width) @ (S width, I)`` from :data:`ROW_MAJOR_MIN_INPUTS` inputs on (summed in another order than the
+    transposed one, so that an entry may exceed 1 by rounding), and the transposed one's exponentials transposed
+    below that (a transposing copy costs more than the product from there on).
     """
     reps, regions, _ = slots.shape
     samples, columns = design.shape
@@ -162,33 +208,38 @@ def region_products(design: torch.Tensor, rows: torch.Tensor, slots: torch.Tenso
     # column of every (region, slot, state); padding slots read an all-zero column appended to the design
     index = slots.unsqueeze(-1) * width + torch.arange(width, device=slots.device)
     index = torch.where(slots.unsqueeze(-1) < 0, columns, index).view(reps, regions, -1)
-    design_columns = torch.cat([design.T, design.new_zeros((1, samples))]).index_select(0, index.view(-1))
-    design_columns = design_columns.view(blocks, -1, samples)  # (B, S width, N)
+    design_t = torch.cat([design.T, design.new_zeros((1, samples))])
     padded_rows = torch.cat([rows, rows.new_zeros((1,) + rows.shape[1:])])
     repetition = torch.arange(reps, device=slots.device).view(reps, 1, 1)
-    region_rows = padded_rows[index, repetition].view(blocks, -1, rows.shape[2])  # (B, S width, I)
+    region_rows = padded_rows[index, repetition].view(blocks, -1, rows.shape[2]).transpose(1, 2)  # (B, I, S width)
+    index, offset = index.view(-1), None if offset is None else offset.view(blocks, -1)
+    impossible = torch.isinf(region_rows)
+    hits = None
+    if bool(impossible.any()):  # log 0: multiply the finite part (0 * -inf is NaN), mark the rows that read it
+        with torch.no_grad():
+            hits = _RegionProduct.apply(impossible.to(design.dtype), design_t, index, None, False) > 0
+        region_rows = torch.where(impossible, torch.zeros_like(region_rows), region_rows)
     row_major = rows.shape[2] >= ROW_MAJOR_MIN_INPUTS
     with torch.set_grad_enabled(torch.is_grad_enabled() and not row_major):
-        transposed = _product(region_rows.transpose(1, 2), design_columns, offset, blocks, -1, 1)  # (B, I, N)
-        if partition_row:
-            transposed[:, :, -1] = 0.0
+        transposed = _read(_RegionProduct.apply(region_rows, design_t, index, offset, False), hits, partition_row)
     largest = finite_max(transposed, dim=1)  # (B, 1, N)
     if row_major:
-        values = _product(design_columns.transpose(1, 2), region_rows, offset, blocks, 1, -1)  # (B, N, I)
-        if partition_row:
-            values[:, -1] = 0.0
+        values = _RegionProduct.apply(region_rows, design_t, index, offset, True)
+        values = _read(values.transpose(1, 2), hits, partition_row).transpose(1, 2)
         linear = torch.exp(values - largest.transpose(1, 2))
     else:
         linear = torch.exp(transposed - largest).transpose(1, 2).contiguous()
     return linear.view(reps, regions, samples, -1), largest.view(reps, regions, samples, 1)
 
 
-def _product(first: torch.Tensor, second: torch.Tensor, offset: torch.Tensor | None, *offset_shape: int
-             ) -> torch.Tensor:
-    """``first @ second`` (batched), plus ``offset`` viewed as ``offset_shape`` when given."""
-    if offset is None:
-        return torch.bmm(first, second)
-    return torch.baddbmm(offset.view(*offset_shape), first, second)
+def _read(values: torch.Tensor, hits: torch.Tensor | None, partition_row: bool) -> torch.Tensor:
+    """Products ``(B, I, N)`` with -inf where they read a state of probability 0 (``hits``) and 0 (log 1) in the
+    all-missing last row when ``partition_row``."""
+    if hits is not None:
+        values = values.masked_fill(hits, -math.inf)
+    if partition_row:
+        values[:, :, -1] = 0.0
+    return values
 
 
 def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,10 +250,11 @@ def to_linear(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rescaled(mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mixed`` (linear, >= 0) divided by its sum per row, and the log of that divisor (a row of zeros, or one that
-    overflowed, keeps divisor 1): the scaled form of :func:`to_linear` without leaving linear space. The sum (a
-    matrix-vector product) bounds the entries like the largest one does, at a fraction of the cost of a maximum
-    over a short last axis."""
+    """``mixed`` (linear, >= 0: the weights of a valid network are) divided by its sum per row, and the log of that
+    divisor (a row of zeros, or one that overflowed, keeps divisor 1): a scaled linear form, ``values = log(linear)
+    + log_scale``, without leaving linear space. The sum (a matrix-vector product) bounds the non-negative entries
+    by 1 like the largest one does (and keeps the largest above 1 / K), at a fraction of the cost of a maximum over
+    a short last axis."""
     total = mixed.detach() @ mixed.new_ones((mixed.shape[-1], 1))
     total = torch.where((total > 0) & torch.isfinite(total), total, torch.ones_like(total))
     return mixed / total, torch.log(total)
@@ -211,8 +263,9 @@ def _rescaled(mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def einsum_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor | None,
                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross products of sibling regions mixed by the sums of their parent: ``(R, L, N, K) -> (R, L/2, N, K')``,
-    on values in the scaled linear form of :func:`to_linear` (in and out), region-major so that every region's
-    ``(N, K)`` block is contiguous and the layer's output is the next layer's input without copies.
+    on values in a scaled linear form, ``values = log(linear) + log_scale`` (in: that of :func:`to_linear` or of
+    this layer; out: rows divided by their sum, :func:`_rescaled`), region-major so that every region's ``(N, K)``
+    block is contiguous and the layer's output is the next layer's input without copies.
 
     log sum_ij w_kij exp(a_i + b_j) = s_a + s_b + log sum_i exp(a_i - s_a) sum_j w_kij exp(b_j - s_b): the values
     stay in linear space from layer to layer, rescaled per region and row (one pass) instead of a logarithm and an
@@ -251,5 +304,6 @@ def root_layer(linear: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tenso
     left, right = linear[:, 0], linear[:, 1]  # (R, N, K)
     channels = left.shape[2]
     bilinear = torch.bmm(left, weights.view(-1, channels, channels))
-    per_repetition = torch.log((bilinear * right).sum(dim=2)) + (log_scale[:, 0] + log_scale[:, 1]).squeeze(2)
+    # a row of probability 0 (a state no input allows) has value -inf and gradient 0, not 0 / 0
+    per_repetition = log_or_minus_inf((bilinear * right).sum(dim=2)) + (log_scale[:, 0] + log_scale[:, 1]).squeeze(2)
     return logsumexp(per_repetition, dim=0) + shift
