@@ -179,6 +179,7 @@ CASES: list[tuple[str, Callable[[], osp.SPNModule], object, object, tuple[str, .
     ("RAT Gaussian log_std -1000", lambda: rat_model("gaussian"), None, set_log_std(-1000.0),
      ("'log_std'", "standard deviation is 0 or infinite")),
     ("RAT of a million variables", rat_model, set_config(num_vars=10**6), None, ("parameters", "the file stores")),
+    ("RAT of a billion variables", rat_model, set_config(num_vars=10**9), None, ("limit",)),
     ("RAT of huge sums", rat_model, set_config(num_sums=10**5, num_repetitions=10**3), None,
      ("parameters",)),
     ("RAT of depth 1e100", rat_model, set_config(depth=10**100), None, ("depth",)),

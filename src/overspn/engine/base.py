@@ -244,12 +244,13 @@ class SPNModule(nn.Module):
         return super()._apply(*args, **kwargs)
 
     def type(self, dst_type: torch.dtype | str) -> Any:
-        """Cast the floating-point parameters and buffers to ``dst_type``, as ``.to(dtype)`` does (torch's
-        ``Module.type`` would also cast the integer index buffers, which must stay integers)."""
-        dtype = torch.empty(0).type(dst_type).dtype
-        if not dtype.is_floating_point:
-            raise ConfigurationError(f"a model computes in floating point; cannot cast it to {dtype}")
-        return self.to(dtype)
+        """Cast the floating-point parameters and buffers to ``dst_type`` (and move them to the device a tensor
+        type names, such as ``"torch.cuda.FloatTensor"``), as ``.to`` does: torch's ``Module.type`` would also cast
+        the integer index buffers, which must stay integers."""
+        probe = torch.empty(0, device=self.device).type(dst_type)
+        if not probe.dtype.is_floating_point:
+            raise ConfigurationError(f"a model computes in floating point; cannot cast it to {probe.dtype}")
+        return self.to(device=probe.device, dtype=probe.dtype)
 
     # -- evaluation ----------------------------------------------------------------------------------------------
 

@@ -62,7 +62,8 @@ class _Bilinear(torch.autograd.Function):
     of ``right`` and ``w`` (on the CPU a few blocks at a time, see :func:`_outer_gradients`), and one
     matrix-vector product with the saved intermediate for ``left`` (autograd through the elementwise form makes
     three more passes over tensors of that size). The gradients of both halves are written into one tensor, so
-    that no slicing of the layer's input is differentiated."""
+    that no slicing of the layer's input is differentiated. When the gradient's own graph is recorded (double
+    backward), the intermediate is computed again from the inputs and every product is a differentiable one."""
 
     @staticmethod
     def forward(ctx: Any, pairs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -188,10 +189,11 @@ def region_products(design: torch.Tensor, rows: torch.Tensor, slots: torch.Tenso
                     offset: torch.Tensor | None = None,
                     partition_row: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The leaf regions' log-values as ``(linear, log_scale)``, region-major ``(R, L, N, I)`` and ``(R, L, N, 1)``,
-    ``linear`` of largest entry (about) 1 per row: for every region the sum over its variables' ``width`` columns
-    (variable d: columns ``d width .. d width + width - 1``) of ``design (N, D width) * rows (D width, R, I)``, plus
-    ``offset`` ``(R, L, I)`` (``partition_row``: the last row of the design is the all-missing row, whose log-values
-    are 0). A -inf entry of ``rows`` (a state of probability 0) gives -inf where it is read, never NaN.
+    ``linear`` of largest entry (about) 1 per row (all 0 in a row of -inf, with ``log_scale`` 0): for every region
+    the sum over its variables' ``width`` columns (variable d: columns ``d width .. d width + width - 1``) of
+    ``design (N, D width) * rows (D width, R, I)``, plus ``offset`` ``(R, L, I)`` (``partition_row``: the last row
+    of the design is the all-missing row, whose log-values are 0). A -inf entry of ``rows`` (a state of
+    probability 0) gives -inf where it is read, never NaN.
 
     Each region reads only its own variables (``slots``, see :func:`region_slots`): one batched matrix product
     over the ``R L`` regions, about ``L`` times fewer multiplications than the product of all columns with a
@@ -213,7 +215,7 @@ def region_products(design: torch.Tensor, rows: torch.Tensor, slots: torch.Tenso
     repetition = torch.arange(reps, device=slots.device).view(reps, 1, 1)
     region_rows = padded_rows[index, repetition].view(blocks, -1, rows.shape[2]).transpose(1, 2)  # (B, I, S width)
     index, offset = index.view(-1), None if offset is None else offset.view(blocks, -1)
-    impossible = torch.isinf(region_rows)
+    impossible = torch.isneginf(region_rows)
     hits = None
     if bool(impossible.any()):  # log 0: multiply the finite part (0 * -inf is NaN), mark the rows that read it
         with torch.no_grad():
