@@ -10,7 +10,8 @@ distributions (a product of univariate leaves, one per variable of the region); 
 leaf layer (for discrete leaves one batched matrix product of each region's one-hot data columns with its
 variables' log-probabilities, for Gaussian leaves per-variable log-densities summed per region), then one "einsum"
 layer per level that mixes the cross products of sibling regions without forming them (batched matrix products,
-in linear space; see :mod:`overspn.engine.rat_layers`). Memory stays that of one level at a time.
+in linear space; see :mod:`overspn.engine.rat_layers`). Without gradients, memory stays that of one level at a
+time; training keeps each level's intermediates for the backward pass.
 :meth:`RatSPN.to_structure` returns the same network as symbolic nodes, so :func:`overspn.compile` evaluates it
 with the generic engine (and :func:`overspn.save` stores it); :func:`rat_spn` builds that symbolic structure
 directly.
